@@ -1,0 +1,1 @@
+"""Reading, conforming and writing video+audio clips (PyAV), and ComfyUI IMAGE/AUDIO conversion."""

@@ -1,0 +1,1 @@
+"""Pure-torch model code: the SIGA-DiT twin towers, attention, RoPE, configs, checkpoints, codecs."""

@@ -1,0 +1,1 @@
+"""Flow-matching schedules, solvers, editing guidance and the sampling loop (no ComfyUI imports)."""

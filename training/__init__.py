@@ -1,0 +1,1 @@
+"""Datasets, latent cache, adapters, the two-stage trainer, synthetic data and evaluation metrics."""
