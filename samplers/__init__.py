@@ -1,1 +1,28 @@
 """Flow-matching schedules, solvers, editing guidance and the sampling loop (no ComfyUI imports)."""
+
+from .guidance import OVI_SLG_LAYER, EditDenoiser, EditGuidance, GuidancePlan, ModelFn, plan_guidance
+from .sampling import SamplingCancelled, StepCallback, initial_noise, sample
+from .schedules import DEFAULT_SHIFT, DEFAULT_STEPS, Schedule, edit_schedule, flow_schedule
+from .solvers import DEFAULT_SOLVER, SOLVERS, FlowSolver, make_solver
+
+__all__ = [
+    "sample",
+    "initial_noise",
+    "SamplingCancelled",
+    "StepCallback",
+    "EditGuidance",
+    "EditDenoiser",
+    "GuidancePlan",
+    "ModelFn",
+    "plan_guidance",
+    "OVI_SLG_LAYER",
+    "Schedule",
+    "flow_schedule",
+    "edit_schedule",
+    "DEFAULT_STEPS",
+    "DEFAULT_SHIFT",
+    "FlowSolver",
+    "SOLVERS",
+    "DEFAULT_SOLVER",
+    "make_solver",
+]
