@@ -123,12 +123,35 @@ PRESETS: dict[str, ModelConfig] = {
         ),
         _preset(
             "bench-mid",
-            "mid-size benchmark model (dim 512, 4 layers, head_dim 128); 1,280 video + 40 audio tokens at 320x256x17",
+            "mid-size benchmark model (dim 512, 4 layers, head_dim 128); clip 320x256x17 = 400 video tokens "
+            "(bench/dit_forward.py uses a 32x32 latent: 1,280 video tokens) + 40 audio latents",
             dict(dim=512, ffn_dim=2048, num_heads=4, num_layers=4),
             num_frames=17,
             video_latent_frames=5,
             audio_latents=40,
             area=320 * 256,
+        ),
+        # The embedded demo model (training/demo.py, docs/demo.md): the demo codecs' latents
+        # (models/demo_codecs.py: video [48, 5, 16, 16] -> 320 tokens, MDCT audio [69, 250]) and the
+        # one-hot word + position features of models/demo_text.py (text_dim >= vocabulary + text_len).
+        # Audio RoPE scale by Ovi's formula: (5 latent frames * 16 fps / 17 frames) / 64 latents per s.
+        ModelConfig(
+            name="demo",
+            video=TowerConfig(
+                modality="video", in_dim=48, out_dim=48, patch_size=(1, 2, 2), dim=128, ffn_dim=512,
+                num_heads=2, num_layers=4, text_dim=128, text_len=24, conv_mlp_multiple_of=64,
+            ),
+            audio=TowerConfig(
+                modality="audio", in_dim=250, out_dim=250, patch_size=(1,), dim=128, ffn_dim=512,
+                num_heads=2, num_layers=4, text_dim=128, text_len=24, conv_mlp_multiple_of=64,
+                rope_scale=(5 * 16 / 17) / 64,
+            ),
+            fps=16,
+            num_frames=17,
+            video_latent_frames=5,
+            audio_latents=69,
+            area=32 * 32,
+            description="embedded demo editor (dim 128, 4 layers) on the synthetic domain, 32x32x17 frames, 16 kHz",
         ),
     )
 }
