@@ -1,0 +1,214 @@
+"""``instructav2av edit SOURCE "INSTRUCTION" -o OUT.mp4``: edit a clip's video and soundtrack from the command line.
+
+Everything cheap is checked before any model is loaded: the instruction, the guidance values, the
+source file and the output folder. The output file is written only when the edit has finished (and
+atomically); an existing file is never replaced unless ``--overwrite`` is given: a fresh name is
+chosen and printed instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = ("bf16", "fp16", "fp32")
+# EditGuidance field -> the flag that sets it (to turn the sampler's messages into the CLI's words)
+_GUIDANCE_FLAGS = {
+    "video_instruction_scale": "--video-cfg",
+    "audio_instruction_scale": "--audio-cfg",
+    "video_source_scale": "--video-source-cfg",
+    "audio_source_scale": "--audio-source-cfg",
+    "slg_layers": "--slg",
+}
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of ``edit`` and its handler."""
+    parser.description = "Edit a video and its soundtrack together, as a text instruction says."
+    parser.epilog = ("Model files: name them with the flags below, or put them in --models-dir under their usual names "
+                     "(model.safetensors, Wan2.2_VAE.pth, v1-16.pth, best_netG.pt, models_t5_umt5-xxl-enc-bf16.pth). "
+                     "--preset demo runs the small embedded demo model without any files.")
+    parser.add_argument("source", help="the video to edit (any file FFmpeg reads; its audio track is edited too)")
+    parser.add_argument("instruction", help='what to change, e.g. "replace the dog with a cat and its bark with a meow"')
+    parser.add_argument("-o", "--output", required=True,
+                        help="mp4 to write; if it exists a fresh name (NAME_001.mp4, ...) is used unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+
+    files = parser.add_argument_group("model files (nothing is downloaded)")
+    files.add_argument("--preset", help="model preset (ovi-720-5s, ovi-960-5s, ovi-960-10s, ...; default: read from "
+                                        "the model file) or a bundled model: demo")
+    files.add_argument("--models-dir", default=os.environ.get("INSTRUCTAV2AV_MODELS_DIR"),
+                       help="folder searched for model files not named below (default: $INSTRUCTAV2AV_MODELS_DIR)")
+    files.add_argument("--model", help="editor weights (.safetensors), or Ovi's model.safetensors plus --adapter")
+    files.add_argument("--video-vae", help="Wan2.2 VAE: Wan2.2_VAE.pth or ComfyUI's wan2.2_vae.safetensors")
+    files.add_argument("--audio-vae", help="MMAudio 16 kHz VAE: v1-16.pth (or ComfyUI's single file with the vocoder)")
+    files.add_argument("--vocoder", help="BigVGAN vocoder: best_netG.pt (not needed with ComfyUI's single file)")
+    files.add_argument("--text-encoder", help="umT5-XXL: models_t5_umt5-xxl-enc-bf16.pth, ComfyUI umt5_xxl_*.safetensors "
+                                              "or a Hugging Face folder")
+    files.add_argument("--tokenizer", help="umT5 tokenizer folder (default: found next to the text encoder)")
+    files.add_argument("--adapter", action="append", default=[], metavar="FILE[:STRENGTH]",
+                       help="adapter file merged into the editor (repeatable; strength default 1)")
+
+    s = parser.add_argument_group("sampling (defaults: the preset's)")
+    s.add_argument("--steps", type=int, help="sampling steps (Ovi: 50)")
+    s.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same edit (default 0)")
+    s.add_argument("--solver", help="unipc (default), dpm++ or euler")
+    s.add_argument("--shift", type=float, help="schedule shift (Ovi: 5)")
+    s.add_argument("--denoise", type=float, default=1.0,
+                   help="1 = full edit; lower keeps more of the source and runs fewer steps (0 returns the source)")
+    s.add_argument("--video-cfg", type=float, help="video instruction guidance (default 4; 1 = none)")
+    s.add_argument("--audio-cfg", type=float, help="audio instruction guidance (default 3; 1 = none)")
+    s.add_argument("--video-source-cfg", type=float, help="video source guidance (default 1.5; 1 = none)")
+    s.add_argument("--audio-source-cfg", type=float, help="audio source guidance (default 1.5; 1 = none)")
+    s.add_argument("--slg", help="blocks the unconditional pass skips, e.g. 11 or 9,11; 'none' turns it off "
+                                 "(Ovi presets: 11)")
+    s.add_argument("--video-negative", default="", help="negative prompt for the video (default: empty)")
+    s.add_argument("--audio-negative", default="", help="negative prompt for the audio (default: empty)")
+    s.add_argument("--no-batch-guidance", action="store_true",
+                   help="run the guidance passes one by one (less memory, slower)")
+
+    c = parser.add_argument_group("clip and device")
+    c.add_argument("--fit", choices=("crop", "pad"), default="crop",
+                   help="fit the source to the model's frame: crop the overflow or pad with black (default crop)")
+    c.add_argument("--start", type=float, default=0.0, help="seconds into the source where the edited clip starts")
+    c.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    c.add_argument("--dtype", choices=_DTYPES, default="bf16", help="model precision (default bf16, also on CPUs)")
+    parser.set_defaults(func=run)
+
+
+def _adapter(spec: str) -> str | tuple[str, float]:
+    path, sep, strength = spec.rpartition(":")
+    if sep and path and not Path(spec).exists():
+        try:
+            return path, float(strength)
+        except ValueError:
+            pass
+    return spec
+
+
+def _slg(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    if text.strip().lower() in ("none", "off", ""):
+        return ()
+    try:
+        return tuple(int(x) for x in text.replace(" ", "").split(","))
+    except ValueError:
+        raise ValueError(f"--slg must be block indices like 11 or 9,11 (or 'none'), got {text!r}") from None
+
+
+def _guidance(args: argparse.Namespace, base):
+    """``base`` (an EditGuidance) with the flags given; range errors name the flag."""
+    changes = {
+        "video_instruction_scale": args.video_cfg,
+        "audio_instruction_scale": args.audio_cfg,
+        "video_source_scale": args.video_source_cfg,
+        "audio_source_scale": args.audio_source_cfg,
+        "slg_layers": _slg(args.slg),
+    }
+    try:
+        return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+    except ValueError as exc:
+        message = str(exc)
+        for name, flag in _GUIDANCE_FLAGS.items():
+            message = message.replace(name, flag)
+        raise ValueError(message) from None
+
+
+class _Progress:
+    """A tqdm bar for the sampling steps; one line per other stage."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        if stage != "sample":
+            if done == 0:
+                logger.info("%s ...", stage)
+            return
+        if done == 0:
+            self.close()
+            self.bar = tqdm(total=total, desc="sampling", unit="step", file=sys.stderr, dynamic_ncols=True)
+        elif self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            if done >= total:
+                self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("\ncancelled; nothing was written\n")
+        return 130
+    except (OSError, ValueError, TypeError, RuntimeError) as exc:
+        from .pipeline import EditCancelled
+
+        if isinstance(exc, EditCancelled):
+            sys.stderr.write(f"{exc}; nothing was written\n")
+            return 130
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .media.video_write import _check_output_path
+    from .pipeline import check_instruction, edit, load_bundle
+    from .samplers import EditGuidance
+
+    # Cheap checks first: a typo must not cost minutes of model loading.
+    instruction = check_instruction(args.instruction)
+    source = Path(args.source).expanduser()
+    if not source.is_file():
+        raise FileNotFoundError(f"source video {source} does not exist" if not source.exists()
+                                else f"source {source} is not a file; expected a video file")
+    output = Path(args.output).expanduser()
+    _check_output_path(output)
+    _guidance(args, EditGuidance())  # range errors now; the bundle's defaults are applied below
+    if not 0.0 <= args.denoise <= 1.0:
+        raise ValueError(f"--denoise must be between 0 and 1, got {args.denoise}")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+
+    t0 = time.perf_counter()
+    bundle = load_bundle(
+        model=args.model, video_vae=args.video_vae, audio_vae=args.audio_vae, vocoder=args.vocoder,
+        text_encoder=args.text_encoder, tokenizer=args.tokenizer, preset=args.preset, device=args.device,
+        dtype=dtype, adapters=[_adapter(a) for a in args.adapter], models_dir=args.models_dir,
+    )
+    load_seconds = time.perf_counter() - t0
+    bar = _Progress()
+    try:
+        result = edit(
+            bundle, source, instruction, output=output, steps=args.steps, seed=args.seed, solver=args.solver,
+            shift=args.shift, guidance=_guidance(args, bundle.defaults.guidance), denoise=args.denoise,
+            video_negative=args.video_negative, audio_negative=args.audio_negative, fit=args.fit, start=args.start,
+            overwrite=args.overwrite, batch_guidance=not args.no_batch_guidance, progress=bar,
+        )
+    finally:
+        bar.close()
+    if result.output != output:
+        sys.stdout.write(f"{output} exists; kept it and wrote {result.output} instead (--overwrite replaces it)\n")
+    else:
+        sys.stdout.write(f"wrote {result.output}\n")
+    summary = result.summary({"load": load_seconds})
+    sys.stdout.write(f"{bundle.name}, {result.steps} steps, seed {result.seed}: {summary}\n")
+    return 0
+
+
+__all__ = ["register", "run"]
