@@ -14,6 +14,12 @@ import sys
 # name -> (module relative to this package, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": (".models.checkpoint_cli", "print what a checkpoint file is"),
+    "convert": (".models.checkpoint_cli", "convert an Ovi checkpoint into an editor file"),
+    "edit": (".edit_cli", "edit a video and its soundtrack from a text instruction"),
+    "train": (".training.train_cli", "train the editor (stage video, audio or joint) from a TOML config"),
+    "merge-adapter": (".training.train_cli", "merge adapter file(s) into base weights: BASE ADAPTER... OUT"),
+    "demo": (".demo_cli", "edit the bundled demo clip with the embedded demo model (or --eval N held-out cases)"),
+    "demo-train": (".demo_cli", "train the embedded demo model (reproduces assets/demo; ablation variants)"),
 }
 
 
@@ -41,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
