@@ -181,6 +181,7 @@ class FeedForward(nn.Sequential):
         # costs a third of that matmul there. Same maths, one rounding fewer.
         if (
             _FUSED_LINEAR_GELU
+            and isinstance(up, nn.Linear)  # not a wrapped layer (peft LoRA): that must run its own forward
             and x.device.type == "cpu"
             and x.dtype in (torch.bfloat16, torch.float32)
             and not (torch.is_grad_enabled() and (x.requires_grad or up.weight.requires_grad))

@@ -1,0 +1,188 @@
+"""``instructav2av train`` (the two-stage trainer) and ``instructav2av merge-adapter`` (adapter -> editor file).
+
+Both are registered from cli.py's SUBCOMMANDS table; :func:`register` tells them apart by the
+sub-parser's name. ``train`` takes ``--config train.toml`` and/or one flag per option of
+:class:`~.config.TrainConfig` (``--learning-rate 1e-5``; flags win over the file). It validates the
+dataset first and reports every problem at once, before any model is loaded; ``--check-data``
+stops there. Several processes: launch with ``torchrun --nproc-per-node N -m instructav2av.cli
+train ...`` (or ``accelerate launch``); each process joins the group the launcher describes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .config import TrainConfig, config_fields, config_from_dict, load_train_config
+
+if TYPE_CHECKING:
+    from ..models.configs import ModelConfig
+    from ..pipeline import EditorBundle
+    from .dataset import DatasetReport, PairSource
+    from .trainer import ProgressFn, TrainResult
+
+logger = logging.getLogger(__name__)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of ``train`` or ``merge-adapter`` (whichever ``parser`` is) and its handler."""
+    command = parser.prog.rsplit(" ", 1)[-1]
+    if command == "merge-adapter":
+        parser.description = ("Merge adapter file(s) into a base checkpoint (Ovi or editor) and write a full editor "
+                              "file.")
+        parser.add_argument("base", help="Ovi checkpoint or editor file the adapters were trained on")
+        parser.add_argument("adapters", nargs="+", help="adapter file(s) (.safetensors), then OUT: the editor file "
+                                                        "to write")
+        parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="dtype of the result")
+        parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+        parser.set_defaults(func=_merge)
+        return
+    parser.description = "Train the editor (stage video, audio or joint) from a TOML config and/or flags."
+    parser.add_argument("--config", help="TOML training config (flags below override it)")
+    parser.add_argument("--check-data", action="store_true", help="validate the dataset, print the report, and stop")
+    group = parser.add_argument_group("training options (see training/config.py; TOML keys use underscores)")
+    for name, default, kind in config_fields():
+        flag = "--" + name.replace("_", "-")
+        if kind == "bool":
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"(default {default})")
+        elif kind == "tuple":
+            group.add_argument(flag, dest=name, default=None, metavar="A,B,...",
+                               help=f"comma-separated (default {','.join(default) or 'none'})")
+        else:
+            group.add_argument(flag, dest=name, default=None, metavar=kind.upper(), help=f"(default {default!r})")
+    parser.set_defaults(func=_train)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of a parsed ``train`` command line (file first, then flags)."""
+    flags = {name: getattr(args, name) for name, _, _ in config_fields() if getattr(args, name, None) is not None}
+    if args.config:
+        return load_train_config(args.config, **flags)
+    return config_from_dict(flags)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from .adapters import merge_adapter_file
+
+    if len(args.adapters) < 2:
+        sys.stderr.write("error: give at least one adapter file and then the output file: BASE ADAPTER... OUT\n")
+        return 2
+    *adapters, out = args.adapters
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    try:
+        path = merge_adapter_file(args.base, adapters, out, dtype=dtype, overwrite=args.overwrite)
+    except FileExistsError as exc:  # cli.main reports ValueError/RuntimeError/FileNotFoundError only
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    sys.stdout.write(f"wrote {path}\n")
+    return 0
+
+
+def _model_config(config: TrainConfig) -> ModelConfig:
+    """The preset the run trains at: ``preset`` if given, else read from the base file's header."""
+    from ..models.configs import get_preset
+
+    if config.preset:
+        return get_preset(config.preset)
+    if not config.base:
+        raise ValueError("no model: set base (an Ovi checkpoint or editor file) or preset (e.g. 'demo')")
+    from ..models.checkpoint import inspect_checkpoint
+
+    info = inspect_checkpoint(config.base)
+    if info.problem:
+        raise ValueError(info.problem)
+    return info.config
+
+
+def check_dataset(config: TrainConfig, model_config: ModelConfig | None = None) -> tuple[PairSource, DatasetReport]:
+    """(pairs, report) for ``config.data``: every problem of the dataset, found before any model loads."""
+    from .dataset import ClipWindowing, open_pairs, validate_pairs
+
+    if not config.data:
+        raise ValueError("no training data: set data (a folder of NAME/{source.mp4,target.mp4,instruction.txt} or "
+                         "a .jsonl manifest)")
+    model_config = model_config or _model_config(config)
+    windowing = ClipWindowing.from_model(model_config, num_frames=config.num_frames, stride=config.window_stride,
+                                         height=config.height, width=config.width)
+    pairs = open_pairs(config.data, windowing, require_audio="audio" in config.towers)
+    return pairs, validate_pairs(pairs)
+
+
+def run_training(config: TrainConfig, bundle: EditorBundle | None = None, *, progress: ProgressFn | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Everything ``instructav2av train`` does after parsing: validate the data (raises with the full
+    report), load the model and codecs (``bundle``: a ``pipeline.EditorBundle`` to use instead),
+    build the latent cache, train. Returns the :class:`~.trainer.TrainResult`."""
+    from .cache import Codecs, LatentCache
+    from .trainer import Trainer, init_distributed
+
+    rank, world = init_distributed()
+    pairs, report = check_dataset(config, bundle.config if bundle is not None else None)
+    report.raise_if_problems()
+    if bundle is None:
+        from ..pipeline import load_bundle
+
+        device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else "cpu"
+        bundle = load_bundle(model=config.base or None, video_vae=config.video_vae or None,
+                             audio_vae=config.audio_vae or None, text_encoder=config.text_encoder or None,
+                             preset=config.preset or None, device=device, dtype=torch.bfloat16)
+    codecs = Codecs.from_bundle(bundle)
+    cache_dir = Path(config.cache_dir or Path(config.output_dir) / "cache")
+    cache = LatentCache(cache_dir, codecs)
+    if rank == 0:  # rank 0 encodes; the others wait, then find every file fresh
+        data = cache.build(pairs, progress=_cache_progress, should_stop=should_stop)
+    if world > 1:
+        torch.distributed.barrier()
+    if rank != 0:
+        data = cache.build(pairs)
+    validation = []
+    if config.validate_every:
+        vdata = data
+        if config.validation_data:
+            from .dataset import open_pairs, validate_pairs
+
+            vpairs = open_pairs(config.validation_data, pairs.windowing)
+            validate_pairs(vpairs).raise_if_problems()
+            vdata = LatentCache(cache_dir / "validation", codecs).build(vpairs)
+        validation = [vdata.item(i, 0) for i in range(min(config.validation_count, len(vdata)))]
+    trainer = Trainer(bundle.model, config, data, empty_context=cache.empty_prompt(), validation=validation,
+                      codecs=codecs, progress=progress if progress is not None else (_progress if rank == 0 else None),
+                      should_stop=should_stop)
+    return trainer.train()
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if args.check_data:
+        _, report = check_dataset(config)
+        sys.stdout.write(str(report) + "\n")
+        return 0 if report.ok else 1
+    result = run_training(config)
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        loss = result.loss if result.loss is not None else float("nan")
+        sys.stdout.write(f"{'stopped' if result.stopped else 'done'} at step {result.steps}, last loss {loss:.5f}\n")
+        if result.adapter:
+            sys.stdout.write(f"wrote {result.adapter}\n")
+        if result.checkpoint:
+            sys.stdout.write(f"checkpoint {result.checkpoint} (continue with --resume latest)\n")
+    return 0
+
+
+def _cache_progress(done: int, total: int) -> None:
+    if done == total or done % max(1, total // 20) == 0:
+        logger.info("caching latents: %d/%d pairs", done, total)
+
+
+def _progress(step: int, total: int, loss: float, eta: float) -> None:
+    if step == total or step % max(1, total // 100) == 0:
+        logger.info("%d/%d (%.0f%%) loss %.5f, %.0f min left", step, total, 100 * step / total, loss, eta / 60)
+
+
+__all__ = ["register", "config_from_args", "check_dataset", "run_training"]
