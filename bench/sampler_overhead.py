@@ -24,6 +24,7 @@ import argparse
 import time
 
 import torch
+
 from instructav2av.models.configs import get_preset
 from instructav2av.samplers import EditGuidance, sample
 from instructav2av.samplers.guidance import plan_guidance

@@ -10,8 +10,9 @@ import struct
 from pathlib import Path
 
 import torch
-from instructav2av.models.configs import ModelConfig
 from safetensors.torch import save_file
+
+from instructav2av.models.configs import ModelConfig
 
 
 def ovi_key_shapes(config: ModelConfig, editor: bool = False) -> dict[str, tuple[int, ...]]:

@@ -24,13 +24,14 @@ from helpers_ckpt import (
     write_sparse,
     zeros,
 )
+from safetensors import safe_open
+
 from instructav2av.cli import main
 from instructav2av.models import checkpoint as ckpt
 from instructav2av.models.checkpoint import CheckpointError, load_model, resolve_config, save_editor
 from instructav2av.models.checkpoint_kinds import detect_layout
 from instructav2av.models.configs import PRESETS, ModelConfig, get_preset, with_overrides
 from instructav2av.models.ops import CastLinear
-from safetensors import safe_open
 
 TINY = get_preset("tiny")
 # docs/design-decisions.md "Initialisation": an untrained editor differs from Ovi through (1-G) = 0.25 %

@@ -9,6 +9,18 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from media_fixtures import (
+    click_time,
+    make_audio_only,
+    make_empty_video,
+    make_video,
+    pattern_frame,
+    peak_frequency,
+    square_x,
+    tone,
+    truncated_copy,
+)
+
 from instructav2av.media import (
     Clip,
     ClipSpec,
@@ -29,17 +41,6 @@ from instructav2av.media import (
 )
 from instructav2av.media import conforming as conform_module
 from instructav2av.models.configs import PRESETS
-from media_fixtures import (
-    click_time,
-    make_audio_only,
-    make_empty_video,
-    make_video,
-    pattern_frame,
-    peak_frequency,
-    square_x,
-    tone,
-    truncated_copy,
-)
 
 SPEC = ClipSpec(fps=24, num_frames=33, sample_rate=16000, area=64 * 64)  # 1.375 s
 FLASH = 24  # frame (at 24 fps) / 1.0 s: flash frame and audio click

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from instructav2av.models.configs import get_preset
 from instructav2av.samplers import (
     SOLVERS,
