@@ -1,0 +1,712 @@
+"""The Wan2.2 video VAE (48 latent channels, x4 in time, x16 in space) through diffusers.
+
+The network is diffusers' ``AutoencoderKLWan`` in its Wan2.2 ("residual") configuration. What
+lives here is what diffusers lacks for this project:
+
+- a key remap from Wan's own layout (``Wan2.2_VAE.pth``, and ComfyUI's ``wan2.2_vae.safetensors``,
+  which uses the same keys) to diffusers' module names; diffusers' built-in converter only
+  knows Wan2.1's layout;
+- Ovi's per-channel latent normalisation, ``(mu - mean) / std`` on encode and its inverse on
+  decode (diffusers stores the tables in the config but never applies them);
+- a streaming encode/decode: spatial tiles blended over an overlap and, inside each tile,
+  time chunks that carry the causal convolution cache, written straight into a preallocated
+  output, so memory is bounded by one tile's working set plus the result;
+- :func:`estimate_vae_memory`, which measures that working set on the ``meta`` device.
+
+Video is ``[B, 3, T, H, W]`` in [-1, 1] with ``T = 1 + 4k`` and ``H, W`` multiples of 16; latents
+are ``[B, 48, 1 + k, H/16, W/16]``, normalised like Ovi's.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import re
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, patchify, unpatchify
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+logger = logging.getLogger(__name__)
+
+# Per-channel latent statistics of the Wan2.2 VAE, as Wan2.2 and Ovi hard-code them
+# (ovi/modules/vae2_2.py, Wan2_2_VAE.__init__); the same 48 numbers are in the Hub's diffusers
+# config of Wan-AI/Wan2.2-TI2V-5B-Diffusers.
+WAN22_LATENTS_MEAN: tuple[float, ...] = (
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557,
+    -0.1382, 0.0542, 0.2813, 0.0891, 0.1570, -0.0098, 0.0375, -0.1825,
+    -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230,
+    -0.0313, -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748,
+    0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667,
+)  # fmt: skip
+WAN22_LATENTS_STD: tuple[float, ...] = (
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013,
+    0.8158, 1.0344, 0.5894, 1.0901, 0.6885, 0.6165, 0.8454, 0.4978,
+    0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093,
+    0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
+    0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+)  # fmt: skip
+
+TEMPORAL_FACTOR = 4
+SPATIAL_FACTOR = 16
+
+
+def wan22_vae_config(**overrides) -> dict:
+    """``AutoencoderKLWan`` constructor kwargs of the Wan2.2 VAE (Ovi's ``Wan2_2_VAE``), with overrides."""
+    config = dict(
+        base_dim=160,
+        decoder_base_dim=256,
+        z_dim=48,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        attn_scales=[],
+        temperal_downsample=[False, True, True],
+        dropout=0.0,
+        is_residual=True,
+        in_channels=12,  # 3 RGB x 2x2 patch
+        out_channels=12,
+        patch_size=2,
+        scale_factor_temporal=TEMPORAL_FACTOR,
+        scale_factor_spatial=SPATIAL_FACTOR,
+        latents_mean=list(WAN22_LATENTS_MEAN),
+        latents_std=list(WAN22_LATENTS_STD),
+    )
+    config.update(overrides)
+    return config
+
+
+# The same structure (strides, block counts, residual shortcuts, 48 latent channels) at a width
+# that runs in milliseconds: for tests and for the embedded demo.
+TINY_VAE_CONFIG: dict = wan22_vae_config(base_dim=16, decoder_base_dim=24)
+
+
+# --------------------------------------------------------------------------------------------
+# Key layouts
+# --------------------------------------------------------------------------------------------
+
+# A key every Wan2.2 VAE file has in each layout (ComfyUI tells Wan2.2 from Wan2.1 by the first).
+WAN_LAYOUT_MARKER = "decoder.upsamples.0.upsamples.0.residual.2.weight"
+DIFFUSERS_LAYOUT_MARKER = "decoder.up_blocks.0.resnets.0.conv1.weight"
+# Wrappers other tools put around a VAE's keys.
+_PREFIXES = ("first_stage_model.", "vae.", "model.")
+
+_RESNET_WAN_TO_DIFFUSERS = (
+    ("residual.0.gamma", "norm1.gamma"),
+    ("residual.2.", "conv1."),
+    ("residual.3.gamma", "norm2.gamma"),
+    ("residual.6.", "conv2."),
+    ("shortcut.", "conv_shortcut."),
+)
+_TOP_WAN_TO_DIFFUSERS = (
+    (r"^conv1\.", "quant_conv."),
+    (r"^conv2\.", "post_quant_conv."),
+    (r"^(encoder|decoder)\.conv1\.", r"\1.conv_in."),
+    (r"^(encoder|decoder)\.head\.0\.gamma$", r"\1.norm_out.gamma"),
+    (r"^(encoder|decoder)\.head\.2\.", r"\1.conv_out."),
+    (r"^(encoder|decoder)\.middle\.0\.", r"\1.mid_block.resnets.0."),
+    (r"^(encoder|decoder)\.middle\.1\.", r"\1.mid_block.attentions.0."),
+    (r"^(encoder|decoder)\.middle\.2\.", r"\1.mid_block.resnets.1."),
+    (r"^encoder\.downsamples\.(\d+)\.downsamples\.\d+\.(resample|time_conv)\.", r"encoder.down_blocks.\1.downsampler.\2."),
+    (r"^encoder\.downsamples\.(\d+)\.downsamples\.(\d+)\.", r"encoder.down_blocks.\1.resnets.\2."),
+    (r"^decoder\.upsamples\.(\d+)\.upsamples\.\d+\.(resample|time_conv)\.", r"decoder.up_blocks.\1.upsampler.\2."),
+    (r"^decoder\.upsamples\.(\d+)\.upsamples\.(\d+)\.", r"decoder.up_blocks.\1.resnets.\2."),
+)
+_RESNET_PREFIX = re.compile(r"^(.*\.(?:resnets\.\d+)\.)(.*)$")
+
+
+def wan22_key_to_diffusers(key: str) -> str:
+    """Map one key of Wan's / ComfyUI's Wan2.2 VAE layout to diffusers' ``AutoencoderKLWan`` name."""
+    for pattern, repl in _TOP_WAN_TO_DIFFUSERS:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            key = new
+            break
+    m = _RESNET_PREFIX.match(key)
+    if m:
+        head, tail = m.groups()
+        for old, new in _RESNET_WAN_TO_DIFFUSERS:
+            if tail.startswith(old):
+                return head + new + tail[len(old):]
+    return key
+
+
+def convert_wan22_vae_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Wan's / ComfyUI's Wan2.2 VAE state dict with diffusers' key names (tensors are not copied)."""
+    return {wan22_key_to_diffusers(k): v for k, v in state_dict.items()}
+
+
+def diffusers_key_to_wan22(key: str, num_res_blocks: int = 2) -> str:
+    """The inverse of :func:`wan22_key_to_diffusers` (to export a VAE in Wan's / ComfyUI's layout)."""
+    resnet_back = {new: old for old, new in _RESNET_WAN_TO_DIFFUSERS}
+    m = _RESNET_PREFIX.match(key)
+    if m:
+        head, tail = m.groups()
+        for new, old in resnet_back.items():
+            if tail.startswith(new):
+                key = head + old + tail[len(new):]
+                break
+    rules = (
+        (r"^quant_conv\.", "conv1."),
+        (r"^post_quant_conv\.", "conv2."),
+        (r"^(encoder|decoder)\.conv_in\.", r"\1.conv1."),
+        (r"^(encoder|decoder)\.norm_out\.gamma$", r"\1.head.0.gamma"),
+        (r"^(encoder|decoder)\.conv_out\.", r"\1.head.2."),
+        (r"^(encoder|decoder)\.mid_block\.resnets\.0\.", r"\1.middle.0."),
+        (r"^(encoder|decoder)\.mid_block\.attentions\.0\.", r"\1.middle.1."),
+        (r"^(encoder|decoder)\.mid_block\.resnets\.1\.", r"\1.middle.2."),
+        # the resampler follows the residual blocks inside Wan's Sequential
+        (r"^encoder\.down_blocks\.(\d+)\.downsampler\.", rf"encoder.downsamples.\1.downsamples.{num_res_blocks}."),
+        (r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.downsamples.\1.downsamples.\2."),
+        (r"^decoder\.up_blocks\.(\d+)\.upsampler\.", rf"decoder.upsamples.\1.upsamples.{num_res_blocks + 1}."),
+        (r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", r"decoder.upsamples.\1.upsamples.\2."),
+    )
+    for pattern, repl in rules:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return key
+
+
+def detect_vae_layout(keys: list[str] | set[str]) -> str:
+    """``"wan"`` (Wan / ComfyUI keys) or ``"diffusers"``; raises ``ValueError`` for anything else."""
+    keys = set(keys)
+    if WAN_LAYOUT_MARKER in keys:
+        return "wan"
+    if DIFFUSERS_LAYOUT_MARKER in keys:
+        return "diffusers"
+    if "decoder.middle.0.residual.0.gamma" in keys or "decoder.upsamples.0.residual.2.weight" in keys:
+        raise ValueError("this is a Wan2.1 VAE (16 latent channels, x8 in space); Ovi needs the Wan2.2 VAE "
+                         "(48 channels, Wan2.2_VAE.pth or ComfyUI's wan2.2_vae.safetensors)")
+    if "decoder.up_blocks.0.resnets.0.norm1.gamma" in keys or "decoder.up_blocks.0.norm1.gamma" in keys:
+        raise ValueError("this is a diffusers Wan2.1 VAE (16 latent channels); Ovi needs the Wan2.2 VAE (48 channels)")
+    raise ValueError(f"not a Wan2.2 video VAE: expected a key {WAN_LAYOUT_MARKER!r} (Wan/ComfyUI layout) "
+                     f"or {DIFFUSERS_LAYOUT_MARKER!r} (diffusers layout)")
+
+
+def infer_vae_config(shapes: Mapping[str, tuple[int, ...]]) -> dict:
+    """``AutoencoderKLWan`` kwargs read off a diffusers-layout state dict's shapes (any width)."""
+    base_dim, in_channels = shapes["encoder.conv_in.weight"][:2]
+    out_channels, decoder_base_dim = shapes["decoder.conv_out.weight"][:2]
+    z_dim = shapes["post_quant_conv.weight"][0]
+    n_down = 1 + max(int(k.split(".")[2]) for k in shapes if k.startswith("encoder.down_blocks."))
+    n_res = 1 + max(int(k.split(".")[4]) for k in shapes if k.startswith("encoder.down_blocks.0.resnets."))
+    dim_mult = [shapes[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"][0] // base_dim for i in range(n_down)]
+    temporal = [f"encoder.down_blocks.{i}.downsampler.time_conv.weight" in shapes for i in range(n_down - 1)]
+    patch = round(math.sqrt(in_channels // 3))
+    stats = len(WAN22_LATENTS_MEAN) == z_dim
+    return wan22_vae_config(
+        base_dim=base_dim, decoder_base_dim=decoder_base_dim, z_dim=z_dim, dim_mult=dim_mult,
+        num_res_blocks=n_res, temperal_downsample=temporal, in_channels=in_channels,
+        out_channels=out_channels, patch_size=patch,
+        scale_factor_temporal=2 ** sum(temporal), scale_factor_spatial=patch * 2 ** (n_down - 1),
+        latents_mean=list(WAN22_LATENTS_MEAN) if stats else [0.0] * z_dim,
+        latents_std=list(WAN22_LATENTS_STD) if stats else [1.0] * z_dim,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Tiling
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VAETiling:
+    """How to split encode/decode work to bound memory.
+
+    ``tile_size`` and ``overlap`` are in pixels (multiples of 16); tiles are square, spread evenly
+    so neighbours overlap by at least ``overlap`` pixels, and blended across it: the outer quarter
+    of the overlap is dropped, the middle half cross-fades linearly.
+    ``tile_size=None`` means no spatial tiling. ``frames_per_chunk`` latent frames (4x as many pixel
+    frames) go through the network per call; the causal cache carries the context between calls,
+    so the result does not depend on it (up to rounding), only the working set and the speed do.
+    """
+
+    tile_size: int | None = 256
+    overlap: int = 64
+    frames_per_chunk: int = 1
+
+    def __post_init__(self) -> None:
+        if self.tile_size is not None:
+            if self.tile_size % SPATIAL_FACTOR or self.tile_size < 2 * SPATIAL_FACTOR:
+                raise ValueError(f"VAE tile_size must be a multiple of 16 pixels and at least 32, got {self.tile_size}")
+            if self.overlap % SPATIAL_FACTOR or not 0 <= self.overlap < self.tile_size:
+                raise ValueError(f"VAE tile overlap must be a multiple of 16 pixels in [0, tile_size), "
+                                 f"got {self.overlap} with tile_size {self.tile_size}")
+        if self.frames_per_chunk < 1:
+            raise ValueError(f"frames_per_chunk must be >= 1, got {self.frames_per_chunk}")
+
+
+NO_TILING = VAETiling(tile_size=None)
+
+
+def tile_spans(length: int, tile: int | None, overlap: int) -> list[tuple[int, int]]:
+    """``[(start, stop)]`` covering ``range(length)`` with equal tiles overlapping by >= ``overlap``."""
+    if tile is None or length <= tile:
+        return [(0, length)]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    # floor((i * (length - tile)) / (n - 1)) keeps every step <= tile - overlap
+    return [((i * (length - tile)) // (n - 1), (i * (length - tile)) // (n - 1) + tile) for i in range(n)]
+
+
+def _ramp(size: int, overlap: int, left: bool, right: bool) -> torch.Tensor:
+    # The outer quarter of an overlap is dropped (it saw the tile's zero padding the most) and
+    # the middle half cross-fades linearly; the weights are normalised afterwards, so any
+    # overlap >= ``overlap`` between neighbours covers every pixel.
+    w = torch.ones(size)
+    margin = overlap // 4
+    ramp = overlap - 2 * margin
+    r = torch.cat([torch.zeros(margin), torch.arange(1, ramp + 1, dtype=torch.float32) / (ramp + 1)])
+    n = len(r)
+    if n:
+        if left:
+            w[:n] = torch.minimum(w[:n], r)
+        if right:
+            w[-n:] = torch.minimum(w[-n:], r.flip(0))
+    return w
+
+
+def _blend_weight(span_h: tuple[int, int], span_w: tuple[int, int], full: tuple[int, int], overlap: int) -> torch.Tensor:
+    (h0, h1), (w0, w1) = span_h, span_w
+    wy = _ramp(h1 - h0, overlap, h0 > 0, h1 < full[0])
+    wx = _ramp(w1 - w0, overlap, w0 > 0, w1 < full[1])
+    return wy[:, None] * wx[None, :]
+
+
+# --------------------------------------------------------------------------------------------
+# The VAE
+# --------------------------------------------------------------------------------------------
+
+ProgressFn = Callable[[int, int], None]
+
+
+class VideoVAE(nn.Module):
+    """Wan2.2 VAE with Ovi's latent normalisation and a bounded-memory streaming encode/decode."""
+
+    def __init__(self, vae: AutoencoderKLWan, tiling: VAETiling | None = None) -> None:
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+        cfg = vae.config
+        self.z_dim = int(cfg.z_dim)
+        self.patch_size = int(cfg.patch_size or 1)
+        self.temporal_factor = int(cfg.scale_factor_temporal)
+        self.spatial_factor = int(cfg.scale_factor_spatial)
+        mean, std = list(cfg.latents_mean), list(cfg.latents_std)
+        if len(mean) != self.z_dim or len(std) != self.z_dim:
+            raise ValueError(f"VAE config has {len(mean)}/{len(std)} latent mean/std values for z_dim {self.z_dim}")
+        self.register_buffer("latents_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("latents_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1, 1), persistent=False)
+        self.tiling = tiling or NO_TILING
+        self._n_enc_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.encoder.modules())
+        self._n_dec_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vae.encoder.conv_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.vae.encoder.conv_in.weight.device
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(C, F, H, W)`` of the latents of a ``frames x height x width`` clip."""
+        self._check_geometry(frames, height, width)
+        s = self.spatial_factor
+        return self.z_dim, 1 + (frames - 1) // self.temporal_factor, height // s, width // s
+
+    def video_frames(self, latent_frames: int) -> int:
+        return 1 + (latent_frames - 1) * self.temporal_factor
+
+    def _check_geometry(self, frames: int, height: int, width: int) -> None:
+        t, s = self.temporal_factor, self.spatial_factor
+        if frames < 1 or (frames - 1) % t:
+            lo = 1 + (frames - 1) // t * t if frames > 1 else 1
+            raise ValueError(f"the video VAE needs 1 + {t}k frames (e.g. 121), got {frames}; "
+                             f"use {lo} or {lo + t} frames")
+        if height % s or width % s or height <= 0 or width <= 0:
+            raise ValueError(f"the video VAE needs height and width that are multiples of {s}, got {height}x{width}")
+
+    # ---- encode -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, tiling: VAETiling | None = None, progress: ProgressFn | None = None,
+               output_device: torch.device | str | None = None) -> torch.Tensor:
+        """``[B, 3, T, H, W]`` in [-1, 1] -> normalised latents ``[B, 48, 1 + (T-1)/4, H/16, W/16]`` (float32).
+
+        ``progress(done, total)`` is called after every chunk (it may raise to stop the work).
+        """
+        if not isinstance(video, torch.Tensor) or video.dim() != 5 or video.shape[1] != 3:
+            got = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+            raise ValueError(f"expected video [B, 3, T, H, W] in [-1, 1], got {got}")
+        b, _, frames, height, width = video.shape
+        self._check_geometry(frames, height, width)
+        _check_finite(video, "video")
+        lo, hi = float(video.min()), float(video.max())
+        if lo < -1.001 or hi > 1.001:
+            raise ValueError(f"video values must lie in [-1, 1], got [{lo:.3g}, {hi:.3g}] "
+                             "(convert 0..255 frames with x / 127.5 - 1, 0..1 frames with 2x - 1)")
+        tiling = tiling or self.tiling
+        c, lf, lh, lw = self.latent_shape(frames, height, width)
+        out_dev = torch.device(output_device) if output_device is not None else video.device
+        out = torch.zeros(b, c, lf, lh, lw, dtype=torch.float32, device=out_dev)
+        s, ts = self.spatial_factor, tiling.tile_size
+        spans_h = tile_spans(lh, ts and ts // s, tiling.overlap // s)
+        spans_w = tile_spans(lw, ts and ts // s, tiling.overlap // s)
+        step = tiling.frames_per_chunk * self.temporal_factor
+        chunks = [(0, 1)] + [(i, min(i + step, frames)) for i in range(1, frames, step)]
+        total, done = len(spans_h) * len(spans_w) * len(chunks), 0
+        weight_sum = torch.zeros(lh, lw, device=out_dev) if len(spans_h) * len(spans_w) > 1 else None
+        mean, std = self.latents_mean.to(self.device, torch.float32), self.latents_std.to(self.device, torch.float32)
+        for sh in spans_h:
+            for sw in spans_w:
+                cache: list = [None] * self._n_enc_convs
+                w = None
+                if weight_sum is not None:
+                    w = _blend_weight(sh, sw, (lh, lw), tiling.overlap // s).to(out_dev)
+                    weight_sum[sh[0]:sh[1], sw[0]:sw[1]] += w
+                lat_t = 0
+                for t0, t1 in chunks:
+                    x = video[:, :, t0:t1, sh[0] * s:sh[1] * s, sw[0] * s:sw[1] * s]
+                    x = x.to(device=self.device, dtype=self.dtype)
+                    if self.patch_size > 1:
+                        x = patchify(x, self.patch_size)
+                    h = self.vae.encoder(x, feat_cache=cache, feat_idx=[0])
+                    mu = self.vae.quant_conv(h)[:, : self.z_dim].float()  # the posterior's mode
+                    mu = ((mu - mean) / std).to(out_dev)
+                    n = mu.shape[2]
+                    region = out[:, :, lat_t:lat_t + n, sh[0]:sh[1], sw[0]:sw[1]]
+                    region += mu if w is None else mu * w
+                    lat_t += n
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+        if weight_sum is not None:
+            out /= weight_sum
+        return out
+
+    # ---- decode -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, tiling: VAETiling | None = None, progress: ProgressFn | None = None,
+               clamp: bool = True, output_device: torch.device | str | None = None) -> torch.Tensor:
+        """Normalised latents ``[B, 48, F, h, w]`` -> video ``[B, 3, 1 + 4(F-1), 16h, 16w]`` (float32).
+
+        ``clamp`` limits the result to [-1, 1] as Ovi's decode does.
+        """
+        if not isinstance(latents, torch.Tensor) or latents.dim() != 5 or latents.shape[1] != self.z_dim:
+            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"expected latents [B, {self.z_dim}, F, H, W], got {got}")
+        _check_finite(latents, "latents")
+        tiling = tiling or self.tiling
+        b, _, lf, lh, lw = latents.shape
+        s, ts = self.spatial_factor, tiling.tile_size
+        frames, height, width = self.video_frames(lf), lh * s, lw * s
+        out_dev = torch.device(output_device) if output_device is not None else latents.device
+        out = torch.zeros(b, 3, frames, height, width, dtype=torch.float32, device=out_dev)
+        spans_h = tile_spans(lh, ts and ts // s, tiling.overlap // s)
+        spans_w = tile_spans(lw, ts and ts // s, tiling.overlap // s)
+        step = tiling.frames_per_chunk
+        chunks = [(0, 1)] + [(i, min(i + step, lf)) for i in range(1, lf, step)]
+        total, done = len(spans_h) * len(spans_w) * len(chunks), 0
+        weight_sum = torch.zeros(height, width, device=out_dev) if len(spans_h) * len(spans_w) > 1 else None
+        mean, std = self.latents_mean.to(self.device, torch.float32), self.latents_std.to(self.device, torch.float32)
+        for sh in spans_h:
+            for sw in spans_w:
+                cache: list = [None] * self._n_dec_convs
+                ph, pw = (sh[0] * s, sh[1] * s), (sw[0] * s, sw[1] * s)
+                w = None
+                if weight_sum is not None:
+                    w = _blend_weight(ph, pw, (height, width), tiling.overlap).to(out_dev)
+                    weight_sum[ph[0]:ph[1], pw[0]:pw[1]] += w
+                pix_t = 0
+                for t0, t1 in chunks:
+                    z = latents[:, :, t0:t1, sh[0]:sh[1], sw[0]:sw[1]].to(device=self.device, dtype=torch.float32)
+                    z = (z * std + mean).to(self.dtype)
+                    x = self.vae.decoder(self.vae.post_quant_conv(z), feat_cache=cache, feat_idx=[0],
+                                         first_chunk=t0 == 0)
+                    if self.patch_size > 1:
+                        x = unpatchify(x, self.patch_size)
+                    x = x.float()
+                    if clamp:
+                        x = x.clamp_(-1.0, 1.0)
+                    x = x.to(out_dev)
+                    n = x.shape[2]
+                    region = out[:, :, pix_t:pix_t + n, ph[0]:ph[1], pw[0]:pw[1]]
+                    region += x if w is None else x * w
+                    pix_t += n
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+        if weight_sum is not None:
+            out /= weight_sum
+        return out
+
+
+def _check_finite(x: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} contains NaN or Inf values")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # every reader failure gets the same explanation
+        raise ValueError(f"cannot read {path}: {e} (a truncated download, or not a checkpoint file?)") from e
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path} does not hold a plain tensor state dict")
+    return sd
+
+
+def _strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for p in _PREFIXES:
+        if sd and all(k.startswith(p) for k in sd):
+            return {k[len(p):]: v for k, v in sd.items()}
+    return sd
+
+
+def _describe_foreign(sd: Mapping[str, torch.Tensor]) -> str:
+    try:
+        from .checkpoint_kinds import detect_layout
+
+        layout = detect_layout({k: tuple(v.shape) for k, v in sd.items()})
+        if layout.kind not in ("unknown", "vae"):
+            return f"; it looks like {layout.description}"
+    except Exception:  # the description is a courtesy, never the error
+        pass
+    return ""
+
+
+def _diffusers_folder(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{path} is a folder without a config.json; expected a diffusers AutoencoderKLWan "
+                                "folder (config.json + diffusion_pytorch_model.safetensors) or a single VAE file")
+    raw = json.loads(cfg_file.read_text())
+    cls = raw.get("_class_name", "AutoencoderKLWan")
+    if cls != "AutoencoderKLWan":
+        raise ValueError(f"{cfg_file} describes a {cls}, expected an AutoencoderKLWan (Wan2.2 VAE)")
+    accepted = set(inspect.signature(AutoencoderKLWan.__init__).parameters) - {"self"}
+    config = {k: v for k, v in raw.items() if k in accepted}  # e.g. the Hub's "clip_output" is not an argument
+    if config.get("z_dim") == len(WAN22_LATENTS_MEAN) and len(config.get("latents_mean", ())) != config["z_dim"]:
+        # a config without the statistics would fall back to diffusers' Wan2.1 (16-channel) defaults
+        config.update(latents_mean=list(WAN22_LATENTS_MEAN), latents_std=list(WAN22_LATENTS_STD))
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = [f.name for f in folder.glob("*.safetensors")] or [f.name for f in folder.glob("*.bin")]
+    if not files:
+        raise FileNotFoundError(f"{folder} has a config.json but no weight files (*.safetensors)")
+    sd: dict[str, torch.Tensor] = {}
+    for name in files:
+        sd.update(_read_state_dict(folder / name))
+    return config, sd
+
+
+def _check_keys(path: Path, model: nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {missing[0]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]!r})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} with a wrong shape (first: {k!r} is {tuple(sd[k].shape)}, "
+                         f"expected {tuple(expected[k].shape)})")
+        raise ValueError(f"{path} does not fit the Wan2.2 VAE: " + "; ".join(parts))
+
+
+def load_video_vae(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
+                   tiling: VAETiling | None = None) -> VideoVAE:
+    """Load a Wan2.2 VAE from Wan's ``Wan2.2_VAE.pth``, ComfyUI's ``wan2.2_vae.safetensors``, a
+    diffusers-layout ``.safetensors`` or a diffusers folder; the layout is told by the keys and the
+    width by the shapes (so smaller test VAEs of the same structure load too)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"video VAE not found: {path}. Get Wan2.2_VAE.pth from Wan-AI/Wan2.2-TI2V-5B "
+                                "or wan2.2_vae.safetensors from Comfy-Org/Wan_2.2_ComfyUI_Repackaged "
+                                "(ComfyUI: models/vae/)")
+    if path.is_dir():
+        config, sd = _diffusers_folder(path)
+        layout = detect_vae_layout(list(sd))
+    else:
+        sd = _strip_prefix(_read_state_dict(path))
+        try:
+            layout = detect_vae_layout(list(sd))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}{_describe_foreign(sd)}") from None
+        config = None
+    if layout == "wan":
+        sd = convert_wan22_vae_state_dict(sd)
+    if config is None:
+        try:
+            config = infer_vae_config({k: tuple(v.shape) for k, v in sd.items()})
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{path} does not fit the Wan2.2 VAE: key {e} is missing") from None
+    with torch.device("meta"):
+        vae = AutoencoderKLWan(**config)
+    _check_keys(path, vae, sd)
+    vae.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
+    logger.info("loaded video VAE %s (%s layout, z_dim %d, base dim %d)", path, layout, config["z_dim"],
+                config["base_dim"])
+    return VideoVAE(vae.to(device), tiling=tiling)
+
+
+def build_video_vae(config: dict | None = None, seed: int | None = None, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str = "cpu") -> VideoVAE:
+    """A randomly initialised VAE (default: :data:`TINY_VAE_CONFIG`), for tests and demos."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    vae = AutoencoderKLWan(**(config or TINY_VAE_CONFIG))
+    # nn.Module.to: diffusers' own .to() warns about fp32-pinned modules this VAE does not have
+    return VideoVAE(nn.Module.to(vae, device=device, dtype=dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# Memory estimate
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VAEMemoryEstimate:
+    """Bytes for one encode or decode. ``working`` is the peak of live tensors inside one tile
+    (activations + causal cache), measured on the ``meta`` device; backends add their own
+    convolution workspaces on top (see docs/parity-video-vae.md for measured ratios)."""
+
+    weights: int
+    working: int
+    output: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.working + self.output
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Tracks the bytes held by tensors created under it, and their peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._storages: dict[int, list[int]] = {}  # storage id -> [nbytes, live tensor count]
+
+    def _release(self, sid: int) -> None:
+        entry = self._storages.get(sid)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.live -= entry[0]
+            del self._storages[sid]
+
+    def track(self, t: torch.Tensor) -> None:
+        sid = t.untyped_storage()._cdata
+        entry = self._storages.get(sid)
+        if entry is None:
+            entry = self._storages[sid] = [t.untyped_storage().nbytes(), 0]
+            self.live += entry[0]
+            self.peak = max(self.peak, self.live)
+        entry[1] += 1
+        weakref.finalize(t, self._release, sid)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(a) for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and id(t) not in inputs:
+                self.track(t)
+        return out
+
+
+def _meta_vae(vae_or_config: VideoVAE | dict, dtype: torch.dtype) -> VideoVAE:
+    config = dict(vae_or_config.vae.config) if isinstance(vae_or_config, VideoVAE) else dict(vae_or_config)
+    accepted = set(inspect.signature(AutoencoderKLWan.__init__).parameters) - {"self"}
+    with torch.device("meta"):
+        vae = nn.Module.to(AutoencoderKLWan(**{k: v for k, v in config.items() if k in accepted}), dtype)
+    return VideoVAE(vae)
+
+
+def _chunk_passes(vm: VideoVAE, x: torch.Tensor, mode: str, frames_per_chunk: int, steps: int) -> Iterator[None]:
+    # The first chunk plus a few steady-state chunks reach the peak: the cache is full by then.
+    cache: list = [None] * (vm._n_enc_convs if mode == "encode" else vm._n_dec_convs)
+    for i in range(steps):
+        n = 1 if i == 0 else frames_per_chunk * (vm.temporal_factor if mode == "encode" else 1)
+        xi = x[:, :, :n]
+        if mode == "encode":
+            h = vm.vae.quant_conv(vm.vae.encoder(xi, feat_cache=cache, feat_idx=[0]))
+        else:
+            h = vm.vae.decoder(vm.vae.post_quant_conv(xi), feat_cache=cache, feat_idx=[0], first_chunk=i == 0)
+        del h
+        yield
+
+
+def estimate_vae_memory(vae_or_config: VideoVAE | dict, frames: int, height: int, width: int,
+                        tiling: VAETiling | None = None, dtype: torch.dtype = torch.bfloat16,
+                        mode: str = "decode", batch: int = 1) -> VAEMemoryEstimate:
+    """Memory for encoding (``mode="encode"``) or decoding a ``frames x height x width`` clip.
+
+    Runs one tile's first chunks on the ``meta`` device (no real memory, no real compute) and
+    tracks the live tensors; the output (float32, on the output device) and the blend weights
+    are added analytically. Works for the real config without loading any weights.
+    """
+    if mode not in ("encode", "decode"):
+        raise ValueError(f"mode must be 'encode' or 'decode', got {mode!r}")
+    tiling = tiling or NO_TILING
+    vm = _meta_vae(vae_or_config, dtype)
+    c, lf, lh, lw = vm.latent_shape(frames, height, width)
+    s = vm.spatial_factor
+    th = min(lh, tiling.tile_size // s) if tiling.tile_size else lh
+    tw = min(lw, tiling.tile_size // s) if tiling.tile_size else lw
+    p = vm.patch_size
+    if mode == "encode":
+        n_in = tiling.frames_per_chunk * vm.temporal_factor
+        x = torch.empty(batch, 3 * p * p, n_in, th * s // p, tw * s // p, device="meta", dtype=dtype)
+        output = batch * c * lf * lh * lw * 4
+    else:
+        x = torch.empty(batch, c, tiling.frames_per_chunk, th, tw, device="meta", dtype=dtype)
+        output = batch * 3 * frames * height * width * 4
+    tiled = tiling.tile_size is not None and (lh > th or lw > tw)
+    if tiled:  # weight map over the output plane
+        output += (lh * lw if mode == "encode" else height * width) * 4
+    weights = sum(t.numel() * t.element_size() for t in vm.vae.state_dict().values())
+    tracker = _LiveBytes()
+    with torch.no_grad(), tracker:
+        for _ in _chunk_passes(vm, x, mode, tiling.frames_per_chunk, steps=3):
+            pass
+    return VAEMemoryEstimate(weights=weights, working=tracker.peak, output=output)
+
+
+__all__ = [
+    "WAN22_LATENTS_MEAN", "WAN22_LATENTS_STD", "TINY_VAE_CONFIG", "wan22_vae_config",
+    "wan22_key_to_diffusers", "diffusers_key_to_wan22", "convert_wan22_vae_state_dict", "detect_vae_layout",
+    "infer_vae_config", "VAETiling", "NO_TILING", "tile_spans", "VideoVAE", "load_video_vae",
+    "build_video_vae", "VAEMemoryEstimate", "estimate_vae_memory",
+]
