@@ -30,14 +30,6 @@ from instructav2av.training.dataset import InMemoryLatents
 from instructav2av.training.trainer import Trainer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _train(model, tmp, **kw):
     cfg = TrainConfig(**{**dict(steps=3, batch_size=2, learning_rate=5e-3, lora_rank=4, lora_alpha=8.0,
                                 checkpoint_every=0, log_every=0, output_dir=str(tmp)), **kw})

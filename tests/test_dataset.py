@@ -40,14 +40,6 @@ WINDOWING = ClipWindowing(fps=24, num_frames=9, sample_rate=16000, area=32 * 32)
 PRESET = get_preset("tiny")  # fps 24, 9 frames, 16 kHz
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ToyAudioCodec:
     """Mono 16 kHz <-> [L, 20] latents (20 means of 25 samples per 500-sample hop): the tiny preset's width."""
 

@@ -8,15 +8,6 @@ import torch
 from instructav2av.models.demo_codecs import DemoAudioCodec, DemoVideoCodec, mdct_basis
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The clips are tiny: a second thread only adds synchronisation on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _video(b=2, t=17, h=32, w=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, 3, t, h, w, generator=g) * 2 - 1

@@ -19,15 +19,6 @@ from instructav2av.models.rope import apply_rope, audio_rope, rope_split, video_
 INIT_TOLERANCE = 0.01
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors gain nothing from threads, and spinning threads stall on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- helpers -----------------------------------------------------------------------------------
 def ovi_expected_shapes(
     dim=3072, ffn=14336, layers=30, text_dim=4096, freq_dim=256, conv_hidden=8192, video_ch=48, audio_ch=20

@@ -15,14 +15,6 @@ from instructav2av.cli import main
 from instructav2av.media import read_clip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def bundle():
     return tiny_bundle()

@@ -19,15 +19,6 @@ from instructav2av.training.metrics import (
 from instructav2av.training.synthetic import EDIT_TYPES, SynthConfig, make_sample
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The clips are tiny: a second thread only adds synchronisation on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _samples(edit: str, n: int = 3):
     return [make_sample(i, seed=11, config=SynthConfig(edit_types=(edit,))) for i in range(n)]
 

@@ -83,15 +83,6 @@ def tiny_bundle(seed: int = 0) -> EditorBundle:
                         defaults=pipeline.EditDefaults(steps=STEPS, guidance=EditGuidance()))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls only lose to thread hand-offs on a shared 2-core machine (~8x slower there).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def bundle() -> EditorBundle:
     return tiny_bundle()

@@ -21,15 +21,6 @@ from instructav2av.training.synthetic import (
 N_PER_TYPE = 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The clips are tiny: a second thread only adds synchronisation on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _samples(edit: str, n: int = N_PER_TYPE):
     cfg = SynthConfig(edit_types=(edit,))
     return [make_sample(i, seed=3, config=cfg) for i in range(n)]

@@ -23,14 +23,6 @@ from instructav2av.training.trainer import Trainer, dropout_flags, sample_genera
 PRESET = get_preset("tiny")  # dim 64, 2 layers, text_dim 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_editor(seed: int = 0) -> AVEditorDiT:
     """A tiny editor standing in for a pretrained one: Ovi zero-initialises the output head, which
     would block every gradient into the blocks, so give it (seeded) random weights."""
