@@ -294,18 +294,10 @@ def apply_adapters(model: torch.nn.Module, adapters: Sequence[PathLike | tuple[P
     """Merge adapter files (``path`` or ``(path, strength)``) into ``model``, after checking all of them
     against the unmodified base (merging one changes the weights the next would be checked on)."""
     specs = _adapter_specs(adapters)
-    if not specs:
-        return
-    from .models.checkpoint_io import CheckpointFile
-    from .training.adapters import PROBE_KEY, check_adapter_fits, load_adapter, read_adapter_info
+    if specs:
+        from .training.adapters import load_adapters
 
-    for path, _ in specs:
-        info = read_adapter_info(path)
-        with CheckpointFile(path) as f:
-            probe = f.read(PROBE_KEY) if PROBE_KEY in f.shapes else None
-        check_adapter_fits(model, info, probe=probe)
-    for path, strength in specs:
-        load_adapter(model, path, strength=strength, check_base=False)
+        load_adapters(model, specs)
 
 
 def _default_device() -> torch.device:
