@@ -1,4 +1,25 @@
-"""ComfyUI node classes. Thin wrappers: all computation lives in models/, samplers/, training/."""
+"""ComfyUI node classes. Thin wrappers: all computation lives in models/, samplers/, media/, training/ and pipeline.py.
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+Each module of this package defines ``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS`` for its
+nodes; this file merges them in the order of :data:`NODE_MODULES` (which is the order the nodes
+appear in ComfyUI's menu). Node ids are never renamed: saved workflows refer to them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+NODE_MODULES = ("loaders", "demo", "encode", "sample", "decode", "train")
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+
+for _name in NODE_MODULES:
+    _module = importlib.import_module(f".{_name}", __name__)
+    for _node_id, _cls in _module.NODE_CLASS_MAPPINGS.items():
+        if _node_id in NODE_CLASS_MAPPINGS:
+            raise RuntimeError(f"node id {_node_id} is defined twice (nodes/{_name}.py)")
+        NODE_CLASS_MAPPINGS[_node_id] = _cls
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "NODE_MODULES"]

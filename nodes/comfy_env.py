@@ -1,0 +1,353 @@
+"""Everything the nodes need from ComfyUI, with a plain fallback when ComfyUI is absent.
+
+ComfyUI's modules (``folder_paths``, ``comfy.*``) are imported here only, lazily, inside the
+functions, so the node classes import and run in tests, scripts and the CLI without ComfyUI:
+
+=====================  ===========================================  ==================================
+need                   inside ComfyUI                               fallback
+=====================  ===========================================  ==================================
+model files            ``folder_paths`` (+ ``mmaudio`` registered)   ``$INSTRUCTAV2AV_MODELS_DIR/<folder>``
+                                                                    (default ``./models/<folder>``)
+progress + previews    ``comfy.utils.ProgressBar``                  tqdm
+interrupt              ``comfy.model_management`` flags              never interrupted
+devices                ``get_torch_device`` / ``intermediate_device``  CUDA if available, else CPU;
+                       / ``unet_offload_device``                    outputs on the CPU
+=====================  ===========================================  ==================================
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+MODELS_DIR_ENV = "INSTRUCTAV2AV_MODELS_DIR"
+# ComfyUI's model-file extensions (folder_paths.supported_pt_extensions), for the fallback listing.
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".pth", ".pt", ".pt2", ".ckpt", ".bin")
+# Folders this pack reads. ``mmaudio`` is not a core folder: it is registered on first use.
+MODEL_FOLDERS = ("diffusion_models", "vae", "mmaudio", "text_encoders", "loras")
+PREVIEW_SIZE = 512  # longest side of the sampler's preview frames, in pixels
+
+
+def _module(name: str) -> ModuleType | None:
+    """``import name`` or None when it is not there (ComfyUI absent)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def comfy_available() -> bool:
+    """True when running inside ComfyUI (its ``folder_paths`` and ``comfy.model_management`` import)."""
+    return _module("folder_paths") is not None and _module("comfy.model_management") is not None
+
+
+# --------------------------------------------------------------------------------------------
+# model folders
+# --------------------------------------------------------------------------------------------
+
+
+def _folder_paths() -> ModuleType | None:
+    fp = _module("folder_paths")
+    if fp is None:
+        return None
+    if "mmaudio" not in fp.folder_names_and_paths:
+        # The same folder WanVideoWrapper's Ovi nodes read (models/mmaudio), so one copy serves both.
+        fp.add_model_folder_path("mmaudio", os.path.join(fp.models_dir, "mmaudio"))
+    paths, exts = fp.folder_names_and_paths["mmaudio"]
+    if isinstance(exts, set) and not exts:  # registered without extensions: list model files only
+        exts.update(fp.supported_pt_extensions)
+    return fp
+
+
+def fallback_models_dir() -> Path:
+    """Root of the plain model folders used without ComfyUI (``$INSTRUCTAV2AV_MODELS_DIR`` or ``./models``)."""
+    return Path(os.environ.get(MODELS_DIR_ENV) or Path.cwd() / "models")
+
+
+def _check_folder(folder: str) -> None:
+    if folder not in MODEL_FOLDERS:
+        raise ValueError(f"unknown model folder {folder!r}; expected one of {', '.join(MODEL_FOLDERS)}")
+
+
+def list_models(folder: str) -> list[str]:
+    """Model files in ``folder`` (relative names, as ComfyUI lists them), sorted."""
+    _check_folder(folder)
+    fp = _folder_paths()
+    if fp is not None:
+        return list(fp.get_filename_list(folder))
+    root = fallback_models_dir() / folder
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS
+    )
+
+
+def folder_locations(folder: str) -> list[str]:
+    """Where ``folder``'s files are looked for (for error messages)."""
+    _check_folder(folder)
+    fp = _folder_paths()
+    if fp is not None:
+        return list(fp.get_folder_paths(folder))
+    return [str(fallback_models_dir() / folder)]
+
+
+def model_path(folder: str, name: str) -> Path:
+    """Full path of the model file ``name`` from ``folder``; a clear error when it is not there."""
+    _check_folder(folder)
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"no {folder} file chosen; put one in {' or '.join(folder_locations(folder))} and pick it")
+    fp = _folder_paths()
+    found: str | None = None
+    if fp is not None:
+        found = fp.get_full_path(folder, name)
+    else:
+        candidate = fallback_models_dir() / folder / name
+        found = str(candidate) if candidate.is_file() else None
+    if found is None:
+        raise FileNotFoundError(
+            f"model file {name!r} not found in the {folder} folder (looked in {', '.join(folder_locations(folder))}); "
+            f"put it there (see docs/nodes.md for where to get it) and refresh the node list"
+        )
+    return Path(found)
+
+
+def choices(folder: str, *extra: str) -> list[str]:
+    """Combo options for a model folder: ``extra`` entries first (e.g. "none"), then the files.
+
+    ComfyUI refuses an empty combo in a saved workflow, so an empty folder still offers one
+    entry, which the loader turns into a message saying where to put the file.
+    """
+    files = list_models(folder)
+    out = [*extra, *files]
+    return out or [f"(no files in models/{folder})"]
+
+
+def writable_model_folder(folder: str) -> Path:
+    """Where new files for ``folder`` go: ComfyUI's first folder of that kind (created if needed)."""
+    root = Path(folder_locations(folder)[0])
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def runs_dir() -> Path:
+    """Where training runs keep their checkpoints and logs: ``output/instructav2av_runs`` in ComfyUI,
+    else ``./runs``."""
+    fp = _folder_paths()
+    if fp is not None and hasattr(fp, "get_output_directory"):
+        return Path(fp.get_output_directory()) / "instructav2av_runs"
+    return Path.cwd() / "runs"
+
+
+def text_cache_dir() -> Path:
+    """Where instruction embeddings are cached: ``models/text_embed_cache/instructav2av`` in ComfyUI
+    (next to the models, survives restarts, unlike ComfyUI's temp folder), else ``~/.cache/instructav2av``."""
+    fp = _folder_paths()
+    if fp is not None:
+        return Path(fp.models_dir) / "text_embed_cache" / "instructav2av"
+    return Path.home() / ".cache" / "instructav2av" / "text_embeddings"
+
+
+# --------------------------------------------------------------------------------------------
+# devices and memory
+# --------------------------------------------------------------------------------------------
+
+
+def compute_device() -> torch.device:
+    """Where models run: ComfyUI's choice (``--cpu`` etc.), else CUDA when available, else the CPU."""
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        return torch.device(mm.get_torch_device())
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    """Where idle models wait: ComfyUI's ``unet_offload_device`` (the GPU only with ``--highvram``)."""
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        return torch.device(mm.unet_offload_device())
+    return torch.device("cpu")
+
+
+def intermediate_device() -> torch.device:
+    """Where node outputs (IMAGE, AUDIO, MASK, latents) live: the CPU unless ComfyUI says ``--gpu-only``."""
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        return torch.device(mm.intermediate_device())
+    return torch.device("cpu")
+
+
+def free_memory() -> None:
+    """Return cached accelerator memory after a model went back to the offload device."""
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _weight_bytes(obj: object) -> int:
+    modules = [obj] if isinstance(obj, torch.nn.Module) else [m for m in vars(obj).values() if isinstance(m, torch.nn.Module)]
+    return sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
+
+
+@contextmanager
+def on_compute_device(*objects: object) -> Iterator[torch.device]:
+    """Move models (anything with ``.to``) to the compute device for the block, then back to the offload device.
+
+    Inside ComfyUI, models ComfyUI manages are unloaded first as far as needed to make room, so our
+    weights and theirs are never on the GPU together by surprise. Yields the compute device.
+    """
+    device = compute_device()
+    parked = offload_device()
+    movable = [o for o in objects if o is not None and hasattr(o, "to")]
+    mm = _module("comfy.model_management")
+    if mm is not None and device.type != "cpu":
+        mm.free_memory(int(1.1 * sum(_weight_bytes(o) for o in movable)), device)
+    try:
+        for o in movable:
+            o.to(device)
+        yield device
+    finally:
+        if parked != device:
+            for o in movable:
+                o.to(parked)
+            free_memory()
+
+
+# --------------------------------------------------------------------------------------------
+# interrupt and progress
+# --------------------------------------------------------------------------------------------
+
+
+def interrupted() -> bool:
+    """True when the user pressed Cancel in ComfyUI (polled before every sampling step)."""
+    mm = _module("comfy.model_management")
+    return bool(mm is not None and mm.processing_interrupted())
+
+
+def raise_if_interrupted() -> None:
+    """Raise ComfyUI's own interrupt exception (ComfyUI then reports "interrupted", not an error)."""
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+def _to_pil(frame: torch.Tensor):
+    """``[3, H, W]`` in -1..1 -> PIL image."""
+    from PIL import Image
+
+    rgb = frame.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(1, 2, 0).cpu()
+    return Image.fromarray(rgb.numpy())
+
+
+def latent_previewer(codec: object) -> Callable[[torch.Tensor], object] | None:
+    """A cheap ``x0 latent [1, C, F, h, w] -> preview`` for the sampler's progress bar, or None.
+
+    - the demo codec is linear and exact: one latent frame (the middle one) is decoded for real;
+    - Wan2.2-VAE latents inside ComfyUI: ComfyUI's own previewer for its Wan22 latent format
+      (TAESD-style ``taew2_2`` from models/vae_approx when ``--preview-method taesd``, else its
+      latent->RGB projection), which reads the same normalised 48-channel latents;
+    - anything else: no preview (progress only).
+    """
+    from ..models.demo_codecs import DemoVideoCodec
+    from ..models.video_vae import VideoVAE
+
+    if isinstance(codec, DemoVideoCodec):
+        def demo_preview(x0: torch.Tensor):
+            mid = x0.shape[2] // 2
+            with torch.no_grad():
+                frames = codec.decode(x0[:1, :, mid : mid + 1].to(next(codec.buffers()).device))
+            return _to_pil(frames[0, :, -1])
+
+        return demo_preview
+    if isinstance(codec, VideoVAE):
+        lp, formats = _module("latent_preview"), _module("comfy.latent_formats")
+        if lp is None or formats is None or not hasattr(formats, "Wan22"):
+            return None
+        fmt = formats.Wan22()
+        previewer = lp.get_previewer(compute_device(), fmt) or lp.Latent2RGBPreviewer(
+            fmt.latent_rgb_factors, getattr(fmt, "latent_rgb_factors_bias", None))
+
+        def wan_preview(x0: torch.Tensor):
+            mid = x0.shape[2] // 2
+            return previewer.decode_latent_to_preview_image("JPEG", x0[:1, :, mid : mid + 1])
+
+        return wan_preview
+    return None
+
+
+class Progress:
+    """A step counter shown on the node (ComfyUI) or as a tqdm bar (elsewhere).
+
+    ``update(step, preview=None)`` sets the absolute position; ``preview`` is a PIL image (or
+    ComfyUI's ready ``(format, image, size)`` tuple) that ComfyUI draws on the node (tqdm ignores it).
+    """
+
+    def __init__(self, total: int, description: str = "InstructAV2AV"):
+        self.total = max(1, int(total))
+        self._bar = None
+        self._tqdm = None
+        utils = _module("comfy.utils")
+        if utils is not None:
+            self._bar = utils.ProgressBar(self.total)
+        else:
+            from tqdm.auto import tqdm
+
+            self._tqdm = tqdm(total=self.total, desc=description, leave=False)
+
+    def update(self, step: int, preview=None) -> None:
+        step = min(int(step), self.total)
+        if self._bar is not None:
+            image = preview
+            if preview is not None and not isinstance(preview, tuple):  # a PIL image; tuples come ready from ComfyUI
+                image = ("JPEG", preview, PREVIEW_SIZE)
+            self._bar.update_absolute(step, self.total, image)
+        elif self._tqdm is not None:
+            self._tqdm.update(step - self._tqdm.n)
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = [
+    "MODEL_FOLDERS",
+    "MODELS_DIR_ENV",
+    "Progress",
+    "choices",
+    "comfy_available",
+    "compute_device",
+    "fallback_models_dir",
+    "folder_locations",
+    "free_memory",
+    "intermediate_device",
+    "interrupted",
+    "latent_previewer",
+    "list_models",
+    "model_path",
+    "offload_device",
+    "on_compute_device",
+    "raise_if_interrupted",
+    "runs_dir",
+    "text_cache_dir",
+    "writable_model_folder",
+]

@@ -1,0 +1,148 @@
+"""Output nodes: decode the edit to IMAGE + AUDIO + fps, and show the SIGA gates as a mask and a curve."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from . import comfy_env
+from .encode import make_bundle
+from .handles import AUDIO_VAE, LATENTS, VIDEO_VAE, AudioVAEHandle, EditedLatents, VideoVAEHandle
+from .sample import attention_backend
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "InstructAV2AV"
+
+
+class Decode:
+    DESCRIPTION = (
+        "Decodes the edited latents into frames, soundtrack and frame rate, cut to the length of the source "
+        "that was edited (windows joined). Connect them to Create Video -> Save Video."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
+    RETURN_NAMES = ("images", "audio", "fps")
+    OUTPUT_TOOLTIPS = (
+        "The edited frames [frames, H, W, 3] at the model's size.",
+        "The edited soundtrack (mono, the model's sample rate: 16 kHz for Ovi).",
+        "Frame rate of the edited frames (the model's: 24 for Ovi).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "latents": (LATENTS, {"tooltip": "From the sampler."}),
+                "video_vae": (VIDEO_VAE, {"tooltip": "The video codec the source was encoded with."}),
+                "audio_vae": (AUDIO_VAE, {"tooltip": "The audio codec the source was encoded with."}),
+            }
+        }
+
+    def decode(self, latents: EditedLatents, video_vae: VideoVAEHandle, audio_vae: AudioVAEHandle):
+        from ..media import video_tensor_to_image, wave_to_comfy_audio
+        from ..pipeline import decode_latents
+
+        source = latents.source
+        device = comfy_env.compute_device()
+        bundle = make_bundle(source.model, video_vae, audio_vae, None, device)
+        frames, waves = [], []
+        with comfy_env.Progress(len(source.windows), "decoding") as bar, \
+                comfy_env.on_compute_device(video_vae.codec, audio_vae.codec):
+            for k, window in enumerate(source.windows):
+                comfy_env.raise_if_interrupted()
+                video, wave = decode_latents(bundle, latents.video[k].to(device), latents.audio[k].to(device),
+                                             num_samples=window.num_samples)
+                frames.append(video_tensor_to_image(video[0, :, : window.valid_frames]))
+                waves.append(wave[0, : window.valid_samples])
+                bar.update(k + 1)
+        out = comfy_env.intermediate_device()
+        images = (frames[0] if len(frames) == 1 else torch.cat(frames)).to(out)
+        audio = wave_to_comfy_audio(waves[0] if len(waves) == 1 else torch.cat(waves), source.sample_rate)
+        audio["waveform"] = audio["waveform"].to(out)
+        return (images, audio, float(source.fps))
+
+
+class GateMap:
+    DESCRIPTION = (
+        "Shows where the editor chose to edit: its SIGA gates (0 = keep the source, 1 = follow the instruction), "
+        "averaged over blocks and heads, as a video mask at frame size and an audio curve over time. Measured with "
+        "one extra model call on the edit noised to 'sigma'."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "gates"
+    RETURN_TYPES = ("MASK", "IMAGE")
+    RETURN_NAMES = ("video_gate", "audio_gate_plot")
+    OUTPUT_TOOLTIPS = (
+        "Video gate per pixel and frame [frames, H, W] (bright = edited); preview with Mask To Image.",
+        "Audio gate over time as a plot (orange area = how much the instruction drives the sound).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "latents": (LATENTS, {"tooltip": "From the sampler (it carries the model, source and instruction)."}),
+                "sigma": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
+                                    "tooltip": "Noise level of the measurement (0 = the finished edit, 1 = pure "
+                                               "noise). Mid values show the layout the model commits to."}),
+                "scale": (["stretch", "raw"], {"default": "stretch",
+                                               "tooltip": "stretch: map the clip's lowest..highest gate to 0..1 "
+                                                          "(trained gates often span a narrow range); raw: the gate "
+                                                          "values as they are."}),
+            },
+            "optional": {
+                "plot_width": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8,
+                                       "tooltip": "Width of the audio plot in pixels."}),
+                "plot_height": ("INT", {"default": 128, "min": 32, "max": 2048, "step": 8,
+                                        "tooltip": "Height of the audio plot in pixels."}),
+            },
+        }
+
+    def gates(self, latents: EditedLatents, sigma: float, scale: str, plot_width: int = 512, plot_height: int = 128):
+        from ..pipeline import encode_instructions
+        from ..samplers.gates import curve_image, gate_maps, stretch, video_gate_frames
+
+        if scale not in ("stretch", "raw"):
+            raise ValueError(f"scale must be 'stretch' or 'raw', got {scale!r}")
+        source = latents.source
+        model = source.model
+        device = comfy_env.compute_device()
+        bundle = make_bundle(model, source.video_vae, source.audio_vae, latents.instruction, device)
+        instr = latents.instruction
+        text = encode_instructions(bundle, instr.text, instr.video_negative, instr.audio_negative)
+        temporal = source.video_vae.codec.temporal_factor
+        audio_codec = source.audio_vae.codec
+        video_maps, audio_curves = [], []
+        with comfy_env.on_compute_device(model.model), attention_backend(model.attention):
+            for k, window in enumerate(source.windows):
+                comfy_env.raise_if_interrupted()
+                maps = gate_maps(
+                    model.model, video=latents.video[k].to(device), audio=latents.audio[k].to(device),
+                    video_source=window.video.to(device), audio_source=window.audio.to(device),
+                    video_context=text.context, audio_context=text.context, sigma=sigma, seed=latents.seed,
+                )
+                frames = video_gate_frames(maps.video, window.num_frames, window.height, window.width, temporal)
+                video_maps.append(frames[: window.valid_frames])
+                audio_curves.append(maps.audio[: audio_codec.num_latents(window.valid_samples)])
+        video = torch.cat(video_maps)
+        audio = torch.cat(audio_curves)
+        if scale == "stretch":
+            video, audio = stretch(video), stretch(audio)
+        logger.info("SIGA gates at sigma %.2f: video mean %.3f, audio mean %.3f (%s)", sigma, float(video.mean()),
+                    float(audio.mean()), scale)
+        out = comfy_env.intermediate_device()
+        plot = curve_image(audio, height=plot_height, width=plot_width)[None]
+        return (video.to(out), plot.to(out))
+
+
+NODE_CLASS_MAPPINGS = {
+    "InstructAV2AVDecode": Decode,
+    "InstructAV2AVGateMap": GateMap,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "InstructAV2AVDecode": "InstructAV2AV Decode",
+    "InstructAV2AVGateMap": "InstructAV2AV Gate Map",
+}

@@ -1,0 +1,219 @@
+"""Encoding nodes: the instruction (text -> embeddings) and the source clip (IMAGE + AUDIO -> latents).
+
+Source length. The model edits clips of a fixed length (its preset: 121 frames = 5.04 s at 24 fps for
+Ovi's 5 s presets). ``length = "one window"`` edits one clip starting at ``start_seconds``: a longer
+source is trimmed, a shorter one is padded (last frame repeated, silence) and the padding is cut off
+again by the decoder, so the output is exactly as long as the part of the source that was edited.
+``length = "all windows"`` covers the whole source (from ``start_seconds``) with consecutive,
+non-overlapping windows; each is edited on its own with the same seed and the decoder joins them,
+so the output is as long as the source. Windows do not see each other: an edit may change slightly
+at window borders.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from . import comfy_env
+from .handles import (
+    AUDIO_VAE,
+    INSTRUCTION,
+    MODEL,
+    SOURCE,
+    TEXT_ENCODER,
+    VIDEO_VAE,
+    AudioVAEHandle,
+    Instruction,
+    ModelHandle,
+    PrecomputedEncoder,
+    SourceLatents,
+    TextEncoderHandle,
+    VideoVAEHandle,
+    Window,
+)
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "InstructAV2AV"
+ONE_WINDOW = "one window"
+ALL_WINDOWS = "all windows"
+
+
+def make_bundle(model: ModelHandle, video_vae: VideoVAEHandle, audio_vae: AudioVAEHandle, instruction: Instruction | None,
+                device: torch.device):
+    """An :class:`~..pipeline.EditorBundle` over handles (it checks that codecs and model fit together)."""
+    from ..pipeline import EditorBundle
+
+    encoder = PrecomputedEncoder(instruction or Instruction("", "", "", {}))
+    return EditorBundle(model.model, video_vae.codec, audio_vae.codec, encoder, model.config, device=device,
+                        dtype=model.dtype, defaults=model.defaults, name=model.name)
+
+
+class InstructionEncode:
+    DESCRIPTION = (
+        "Encodes the editing instruction (what to change in the picture and the sound) and the negative prompts "
+        "of each modality. The negatives are the 'no instruction' side of the guidance: leave them empty, as in "
+        "training, or name what to steer away from. The text encoder is freed afterwards."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "encode"
+    RETURN_TYPES = (INSTRUCTION,)
+    RETURN_NAMES = ("instruction",)
+    OUTPUT_TOOLTIPS = ("The instruction and negatives, embedded.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "text_encoder": (TEXT_ENCODER, {"tooltip": "From 'Load Text Encoder' or 'Load Demo Model'."}),
+                "instruction": (
+                    "STRING",
+                    {"multiline": True, "default": "",
+                     "tooltip": "What to change, e.g. \"replace the dog with a cat and its bark with a meow\". "
+                                "Everything it does not name is kept. At most 512 tokens (longer is cut, with a "
+                                "warning)."},
+                ),
+                "video_negative": (
+                    "STRING",
+                    {"multiline": True, "default": "",
+                     "tooltip": "Negative prompt of the video tower (e.g. 'blurry, distorted'); empty = none."},
+                ),
+                "audio_negative": (
+                    "STRING",
+                    {"multiline": True, "default": "",
+                     "tooltip": "Negative prompt of the audio tower (e.g. 'noise, distortion'); empty = none."},
+                ),
+            },
+            "optional": {
+                "keep_loaded": (
+                    "BOOLEAN",
+                    {"default": False, "tooltip": "Keep the text encoder in memory after encoding (faster when "
+                                                  "instructions change often, costs ~11 GB for umT5-XXL)."},
+                ),
+            },
+        }
+
+    def encode(self, text_encoder: TextEncoderHandle, instruction: str, video_negative: str, audio_negative: str,
+               keep_loaded: bool = False):
+        from ..pipeline import check_instruction
+
+        text = check_instruction(instruction)
+        texts = list(dict.fromkeys([text, video_negative or "", audio_negative or ""]))
+        encoder = text_encoder.get()
+        try:
+            if hasattr(encoder, "to"):
+                encoder.to(text_encoder.run_device())
+            with torch.no_grad():
+                embs = encoder.encode(texts)
+        finally:
+            if (keep_loaded or not text_encoder.release()) and hasattr(encoder, "to"):
+                encoder.to(comfy_env.offload_device())  # kept, but off the GPU while the editor samples
+            del encoder
+            comfy_env.free_memory()
+        if len(embs) != len(texts):
+            raise RuntimeError(f"the text encoder returned {len(embs)} embeddings for {len(texts)} texts")
+        device = comfy_env.intermediate_device()
+        embeddings = {t: e.detach().to(device, torch.float32) for t, e in zip(texts, embs)}
+        return (Instruction(text, video_negative or "", audio_negative or "", embeddings, text_encoder.name),)
+
+
+class SourceEncode:
+    DESCRIPTION = (
+        "Conforms the source video (frames + soundtrack + frame rate, e.g. from Get Video Components) to the "
+        "model's clip (frame rate, 1+4k frames, size, 16 kHz mono) and encodes it with both codecs. Longer "
+        "sources are trimmed or split into windows, shorter ones padded (see 'length')."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "encode"
+    RETURN_TYPES = (SOURCE,)
+    RETURN_NAMES = ("source",)
+    OUTPUT_TOOLTIPS = ("The source latents and the timing the decoder needs.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "The editor: its preset fixes the clip length, frame rate and size."}),
+                "video_vae": (VIDEO_VAE, {"tooltip": "Video codec (Load Video VAE or Load Demo Model)."}),
+                "audio_vae": (AUDIO_VAE, {"tooltip": "Audio codec (Load Audio VAE or Load Demo Model)."}),
+                "images": ("IMAGE", {"tooltip": "The source frames [frames, H, W, 3] (IMAGE batch = frames)."}),
+                "fps": (
+                    "FLOAT",
+                    {"default": 24.0, "min": 0.01, "max": 1000.0, "step": 0.001,
+                     "tooltip": "Frame rate of 'images' (connect Get Video Components' fps). Frames are retimed to "
+                                "the model's rate."},
+                ),
+                "fit": (
+                    ["crop", "pad"],
+                    {"default": "crop", "tooltip": "crop: fill the model's frame and cut the overflow (centred); "
+                                                   "pad: keep the whole frame and add black borders."},
+                ),
+                "length": (
+                    [ONE_WINDOW, ALL_WINDOWS],
+                    {"default": ONE_WINDOW,
+                     "tooltip": "one window: edit one model-length clip from start_seconds (longer sources are "
+                                "trimmed, shorter ones padded and the padding cut from the result). all windows: edit "
+                                "the whole source in consecutive model-length windows, joined by the decoder "
+                                "(each window costs a full sampling run)."},
+                ),
+                "start_seconds": (
+                    "FLOAT",
+                    {"default": 0.0, "min": 0.0, "max": 86400.0, "step": 0.01,
+                     "tooltip": "Where in the source the edit starts, in seconds."},
+                ),
+            },
+            "optional": {
+                "audio": ("AUDIO", {"tooltip": "The source soundtrack. Without it the model hears silence "
+                                               "(a warning is logged)."}),
+            },
+        }
+
+    def encode(self, model: ModelHandle, video_vae: VideoVAEHandle, audio_vae: AudioVAEHandle, images, fps: float,
+               fit: str, length: str, start_seconds: float, audio=None):
+        from ..media import clip_from_comfy
+        from ..pipeline import encode_source, prepare_source
+
+        if length not in (ONE_WINDOW, ALL_WINDOWS):
+            raise ValueError(f"length must be {ONE_WINDOW!r} or {ALL_WINDOWS!r}, got {length!r}")
+        clip = clip_from_comfy(images, audio, fps)
+        bundle = make_bundle(model, video_vae, audio_vae, None, comfy_env.compute_device())
+        spec = bundle.clip_spec()
+        available = math.floor((clip.duration - start_seconds) * float(spec.fps) + 1e-6)
+        if available < 1:
+            raise ValueError(f"start_seconds={start_seconds:g} is at or past the end of the {clip.duration:.2f} s source; "
+                             f"expected 0 <= start_seconds < {clip.duration:.2f}")
+        count = 1 if length == ONE_WINDOW else math.ceil(available / spec.num_frames)
+        if count > 1:
+            logger.info("editing the %.2f s source in %d windows of %.2f s", clip.duration - start_seconds, count,
+                        spec.duration)
+        windows: list[Window] = []
+        out = comfy_env.intermediate_device()
+        with comfy_env.Progress(count, "encoding source") as bar, \
+                comfy_env.on_compute_device(video_vae.codec, audio_vae.codec):
+            for k in range(count):
+                comfy_env.raise_if_interrupted()
+                start = start_seconds + k * spec.num_frames / float(spec.fps)
+                conformed = prepare_source(bundle, clip, fit=fit, start=start)
+                video, audio_latent = encode_source(bundle, conformed)
+                windows.append(Window(
+                    video=video.to(out), audio=audio_latent.to(out), valid_frames=conformed.valid_frames,
+                    valid_samples=conformed.valid_samples, num_samples=conformed.audio.shape[-1],
+                    height=conformed.height, width=conformed.width, num_frames=conformed.num_frames, start=start,
+                ))
+                del conformed
+                bar.update(k + 1)
+        return (SourceLatents(windows=windows, fps=spec.fps, sample_rate=spec.sample_rate, model=model,
+                              video_vae=video_vae, audio_vae=audio_vae),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "InstructAV2AVInstructionEncode": InstructionEncode,
+    "InstructAV2AVSourceEncode": SourceEncode,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "InstructAV2AVInstructionEncode": "InstructAV2AV Encode Instruction",
+    "InstructAV2AVSourceEncode": "InstructAV2AV Encode Source",
+}

@@ -1,0 +1,173 @@
+"""The sampler node: edits the source latents as the instruction says (samplers.sample, window by window)."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+from . import comfy_env
+from .encode import make_bundle
+from .handles import (
+    INSTRUCTION,
+    LATENTS,
+    MODEL,
+    SOURCE,
+    EditedLatents,
+    Instruction,
+    ModelHandle,
+    SourceLatents,
+)
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "InstructAV2AV"
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+SLG_AUTO = "auto"
+
+
+def _solvers() -> list[str]:
+    from ..samplers import SOLVERS
+
+    return list(SOLVERS)
+
+
+def parse_slg(text: str, model: ModelHandle) -> tuple[int, ...]:
+    """``"auto"`` (the preset's choice), ``""``/``"none"`` or comma-separated fused-block indices."""
+    text = (text or "").strip().lower()
+    if text == SLG_AUTO:
+        return tuple(model.defaults.guidance.slg_layers)
+    if text in ("", "none", "off"):
+        return ()
+    try:
+        layers = tuple(int(part) for part in text.replace(";", ",").split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"slg_layers must be 'auto', 'none' or block indices like '11' or '9, 11'; got {text!r}") from None
+    last = model.config.video.num_layers - 1
+    bad = [i for i in layers if not 0 <= i <= last]
+    if bad:
+        raise ValueError(f"slg_layers {bad} do not exist: {model.name} has blocks 0..{last}")
+    return layers
+
+
+@contextmanager
+def attention_backend(name: str):
+    """Use the model loader's attention choice for this run, then restore the process-wide setting."""
+    from ..models.attention import get_attention_backend, set_attention_backend
+
+    previous = get_attention_backend()
+    set_attention_backend(name)
+    try:
+        yield
+    finally:
+        set_attention_backend(None if previous == "auto" else previous)
+
+
+def _scale(default: float, what: str) -> tuple:
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": what})
+
+
+class Sampler:
+    DESCRIPTION = (
+        "Edits the source as the instruction says: flow-matching sampling of both towers together with "
+        "per-modality editing guidance (instruction scale: how strongly to follow the instruction; source scale: "
+        "how strongly to stay with the source). Shows a preview of the edited video as it forms and stops within "
+        "one step when you press Cancel."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = (LATENTS,)
+    RETURN_NAMES = ("latents",)
+    OUTPUT_TOOLTIPS = ("The edited latents (video and audio), for the decoder and the gate map.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "The editor."}),
+                "instruction": (INSTRUCTION, {"tooltip": "From 'Encode Instruction'."}),
+                "source": (SOURCE, {"tooltip": "From 'Encode Source'."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
+                                 "tooltip": "Noise seed; the same seed and settings give the same edit on any device."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 1000,
+                                  "tooltip": "Sampling steps (Ovi uses 50; the demo model is fine with 20)."}),
+                "shift": ("FLOAT", {"default": 5.0, "min": 0.1, "max": 100.0, "step": 0.1, "round": 0.01,
+                                    "tooltip": "Schedule shift: larger values spend more steps at high noise "
+                                               "(Ovi uses 5)."}),
+                "solver": (_solvers(), {"default": "unipc",
+                                        "tooltip": "unipc (Ovi's, 2nd order), dpm++ (2M) or euler (1st order)."}),
+                "video_instruction_scale": _scale(4.0, "Video: how strongly to follow the instruction (1 = plain "
+                                                       "conditional, 0 = ignore it). Ovi's video CFG is 4."),
+                "video_source_scale": _scale(1.5, "Video: how strongly to keep the source (1 = no extra source "
+                                                  "guidance, saves one pass per step)."),
+                "audio_instruction_scale": _scale(3.0, "Audio: how strongly to follow the instruction. Ovi's audio "
+                                                       "CFG is 3."),
+                "audio_source_scale": _scale(1.5, "Audio: how strongly to keep the source soundtrack."),
+                "slg_layers": ("STRING", {"default": SLG_AUTO,
+                                          "tooltip": "Skip-layer guidance: fused blocks skipped in the unconditional "
+                                                     "pass. auto: the preset's (block 11 for Ovi), none: off, or "
+                                                     "indices like '11' or '9, 11'."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": "Edit strength: 1 starts from noise (full edit); lower values start "
+                                                 "from the noised source and run only the last steps (lighter edit); "
+                                                 "0 returns the source."}),
+            },
+            "optional": {
+                "batch_guidance": ("BOOLEAN", {"default": True,
+                                               "tooltip": "Run the guidance passes of a step as one batched call "
+                                                          "(faster; off = less memory, same result)."}),
+                "preview": ("BOOLEAN", {"default": True, "tooltip": "Show the edited video forming on the node "
+                                                                    "(a cheap estimate, not the VAE decode)."}),
+            },
+        }
+
+    def sample(self, model: ModelHandle, instruction: Instruction, source: SourceLatents, seed: int, steps: int,
+               shift: float, solver: str, video_instruction_scale: float, video_source_scale: float,
+               audio_instruction_scale: float, audio_source_scale: float, slg_layers: str, denoise: float,
+               batch_guidance: bool = True, preview: bool = True):
+        from ..pipeline import encode_instructions
+        from ..samplers import EditGuidance, SamplingCancelled, edit_schedule, sample
+
+        guidance = EditGuidance(
+            video_instruction_scale=video_instruction_scale, video_source_scale=video_source_scale,
+            audio_instruction_scale=audio_instruction_scale, audio_source_scale=audio_source_scale,
+            slg_layers=parse_slg(slg_layers, model),
+        )
+        schedule = edit_schedule(steps, shift, denoise)  # validates before any heavy work
+        if source.config != model.config:
+            raise ValueError(f"the source was conformed for preset {source.config.name}, the model is "
+                             f"{model.config.name}; connect the same model to 'Encode Source'")
+        device = comfy_env.compute_device()
+        bundle = make_bundle(model, source.video_vae, source.audio_vae, instruction, device)
+        text = encode_instructions(bundle, instruction.text, instruction.video_negative, instruction.audio_negative)
+        previewer = comfy_env.latent_previewer(source.video_vae.codec) if preview else None
+        per_window = schedule.num_steps
+        total = max(1, per_window * len(source.windows))
+        out = comfy_env.intermediate_device()
+        videos, audios = [], []
+        with comfy_env.Progress(total, "sampling") as bar, comfy_env.on_compute_device(model.model), \
+                attention_backend(model.attention):
+            for k, window in enumerate(source.windows):
+                def callback(step, n, x0_video, x0_audio, k=k):
+                    image = previewer(x0_video) if previewer is not None and x0_video is not None else None
+                    bar.update(k * per_window + step, image)
+
+                try:
+                    video, audio = sample(
+                        model.model, video_source=window.video.to(device), audio_source=window.audio.to(device),
+                        video_context=text.context, audio_context=text.context, video_negative=text.video_negative,
+                        audio_negative=text.audio_negative, steps=steps, shift=shift, solver=solver, seed=seed,
+                        guidance=guidance, denoise=denoise, batch_guidance=batch_guidance, callback=callback,
+                        should_cancel=comfy_env.interrupted,
+                    )
+                except SamplingCancelled:
+                    comfy_env.raise_if_interrupted()  # ComfyUI's own exception: reported as "interrupted"
+                    raise
+                videos.append(video.to(out))
+                audios.append(audio.to(out))
+            bar.update(total)
+        info = {"guidance": guidance, "solver": solver, "shift": shift, "denoise": denoise}
+        return (EditedLatents(video=videos, audio=audios, source=source, instruction=instruction, seed=seed, steps=per_window, info=info),)
+
+
+NODE_CLASS_MAPPINGS = {"InstructAV2AVSampler": Sampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"InstructAV2AVSampler": "InstructAV2AV Sampler"}

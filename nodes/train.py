@@ -1,0 +1,251 @@
+"""Training nodes: check a dataset of edit pairs, and train an editor stage (training.Trainer).
+
+The train node loads its own copy of the base model (training changes a model in place: LoRA layers,
+trainable parameters in float32), encodes the dataset into the latent cache with the given codecs and
+text encoder (freed before training starts), trains one stage and puts the product where the model
+loader finds it: an adapter into ``models/loras``, a full fine-tune into ``models/diffusion_models``,
+under a fresh name. Cancel stops at the next step with a checkpoint; ``resume`` continues from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import comfy_env
+from .handles import (
+    AUDIO_VAE,
+    MODEL,
+    TEXT_ENCODER,
+    VIDEO_VAE,
+    AudioVAEHandle,
+    ModelHandle,
+    TextEncoderHandle,
+    VideoVAEHandle,
+)
+from .loaders import DTYPES, NONE
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "InstructAV2AV/training"
+DATASET = "IAV2AV_DATASET"
+STAGES = ("video", "audio", "joint")
+METHODS = ("lora", "full")
+
+
+@dataclass
+class Dataset:
+    """``IAV2AV_DATASET``: the pairs (validated) and how clips become windows."""
+
+    pairs: object  # training.dataset.PairSource
+    windowing: object  # training.dataset.ClipWindowing
+    path: str
+    report: str
+
+
+class TrainingData:
+    DESCRIPTION = (
+        "Opens a dataset of edit pairs (a folder of NAME/source.mp4 + target.mp4 + instruction.txt, or a .jsonl "
+        "manifest) and checks every pair before any training: all problems are listed at once (missing target "
+        "or instruction, unreadable clips, length or size mismatches)."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "open"
+    RETURN_TYPES = (DATASET, "STRING")
+    RETURN_NAMES = ("dataset", "report")
+    OUTPUT_TOOLTIPS = ("The checked pairs, for the train node.", "The check's report.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "The editor (its preset sets the clip length, frame rate and size)."}),
+                "data_path": ("STRING", {"default": "", "tooltip": "Folder of pairs (NAME/source.mp4, target.mp4, "
+                                                                   "instruction.txt) or a .jsonl manifest."}),
+                "num_frames": ("INT", {"default": 0, "min": 0, "max": 1001, "step": 4,
+                                       "tooltip": "Frames per training window (1 + 4k); 0 = the model's clip length."}),
+                "window_stride": ("INT", {"default": 0, "min": 0, "max": 100000,
+                                          "tooltip": "Frames between window starts (several windows per clip); 0 = "
+                                                     "one window per clip."}),
+            }
+        }
+
+    def open(self, model: ModelHandle, data_path: str, num_frames: int, window_stride: int):
+        from ..training.dataset import ClipWindowing, open_pairs, validate_pairs
+
+        if not data_path or not data_path.strip():
+            raise ValueError("data_path is empty; give a folder of NAME/{source.mp4,target.mp4,instruction.txt} "
+                             "or a .jsonl manifest")
+        windowing = ClipWindowing.from_model(model.config, num_frames=num_frames, stride=window_stride)
+        pairs = open_pairs(Path(data_path).expanduser(), windowing, require_audio=True)
+        report = validate_pairs(pairs)
+        report.raise_if_problems()
+        return (Dataset(pairs=pairs, windowing=windowing, path=data_path, report=str(report)), str(report))
+
+
+def _loss_image(png: Path | None) -> torch.Tensor:
+    """The trainer's loss plot as an IMAGE (a dark placeholder when there is none, e.g. after one step)."""
+    if png is None or not png.is_file():
+        return torch.full((1, 64, 256, 3), 0.1)
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(png) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def _publish(product: Path, folder: str) -> str:
+    """Copy the run's product into a model folder under a fresh name; returns the name ComfyUI lists."""
+    from ..media import fresh_path
+
+    root = comfy_env.writable_model_folder(folder)
+    target = fresh_path(root / product.name)
+    shutil.copyfile(product, target)
+    return target.relative_to(root).as_posix()
+
+
+class Train:
+    DESCRIPTION = (
+        "Trains one stage of an InstructAV2AV editor on a dataset: 'video' or 'audio' trains that tower alone "
+        "(cross-modal attention bypassed), 'joint' trains both with it (start it from the stage-1 adapters). LoRA "
+        "adapters go to models/loras, full fine-tunes to models/diffusion_models. Cancel stops with a checkpoint; "
+        "'resume' continues it."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "train"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING", "IMAGE", "FLOAT", "INT")
+    RETURN_NAMES = ("model_file", "loss_plot", "loss", "steps")
+    OUTPUT_TOOLTIPS = (
+        "Name of the trained file in models/loras (adapter) or models/diffusion_models (full fine-tune).",
+        "Training loss over the steps.",
+        "Loss of the last step.",
+        "Optimizer steps done (including those before a resume).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "base_model": (comfy_env.choices("diffusion_models"),
+                               {"tooltip": "Ovi checkpoint or editor file to train from (a separate copy is loaded: "
+                                           "training changes the model)."}),
+                "video_vae": (VIDEO_VAE, {"tooltip": "Video codec that encodes the dataset (cached on disk)."}),
+                "audio_vae": (AUDIO_VAE, {"tooltip": "Audio codec that encodes the dataset."}),
+                "text_encoder": (TEXT_ENCODER, {"tooltip": "Encodes the instructions (freed before training)."}),
+                "dataset": (DATASET, {"tooltip": "From 'Training Data'."}),
+                "stage": (list(STAGES), {"default": "joint",
+                                         "tooltip": "video / audio: stage 1, one tower alone; joint: stage 2, both "
+                                                    "towers with cross-modal attention."}),
+                "method": (list(METHODS), {"default": "lora",
+                                           "tooltip": "lora: LoRA on the towers plus the editor's new layers in full "
+                                                      "(small file for Ovi's weights); full: every weight (needs far "
+                                                      "more memory)."}),
+                "lora_rank": ("INT", {"default": 32, "min": 1, "max": 1024, "tooltip": "LoRA rank (alpha = rank)."}),
+                "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1e-2, "step": 1e-6, "round": 1e-7,
+                                            "tooltip": "AdamW learning rate (the editor's new layers get 10x). The "
+                                                       "paper's full fine-tune uses 1e-5."}),
+                "steps": ("INT", {"default": 1000, "min": 1, "max": 10_000_000, "tooltip": "Optimizer steps."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 256, "tooltip": "Windows per micro-step."}),
+                "grad_accum": ("INT", {"default": 1, "min": 1, "max": 1024,
+                                       "tooltip": "Micro-steps per optimizer step (effective batch = batch_size x "
+                                                  "grad_accum)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "Seed of everything random in the run (windows, noise, dropout)."}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": True,
+                                                       "tooltip": "Recompute activations in the backward pass: much "
+                                                                  "less memory, ~30% slower."}),
+                "checkpoint_every": ("INT", {"default": 500, "min": 0, "max": 10_000_000,
+                                             "tooltip": "Write a resumable checkpoint every N steps (0 = only at the "
+                                                        "end or on Cancel)."}),
+                "run_name": ("STRING", {"default": "instructav2av",
+                                        "tooltip": "Folder of this run (checkpoints, loss.csv, loss.png) under "
+                                                   "output/instructav2av_runs/, and the product's name."}),
+                "resume": ("BOOLEAN", {"default": False,
+                                       "tooltip": "Continue from the run's latest checkpoint (same settings)."}),
+            },
+            "optional": {
+                "init_adapter": (comfy_env.choices("loras", NONE),
+                                 {"default": NONE, "tooltip": "Stage-1 adapter to start the joint stage from (from "
+                                                              "models/loras); 'none' = start from the base."}),
+                "init_adapter_2": (comfy_env.choices("loras", NONE),
+                                   {"default": NONE, "tooltip": "A second stage-1 adapter (video + audio)."}),
+                "base_precision": (list(DTYPES), {"default": "bf16",
+                                                  "tooltip": "dtype of the frozen base weights (trained weights are "
+                                                             "kept in float32; maths in bf16 autocast)."}),
+            },
+        }
+
+    def train(self, base_model, video_vae: VideoVAEHandle, audio_vae: AudioVAEHandle, text_encoder: TextEncoderHandle,
+              dataset: Dataset, stage, method, lora_rank, learning_rate, steps, batch_size, grad_accum, seed,
+              gradient_checkpointing, checkpoint_every, run_name, resume, init_adapter=NONE, init_adapter_2=NONE,
+              base_precision="bf16"):
+        from ..models.checkpoint import load_model
+        from ..training.cache import Codecs, LatentCache
+        from ..training.config import config_from_dict
+        from ..training.trainer import Trainer, plot_loss
+
+        if not run_name or not run_name.strip() or Path(run_name).name != run_name.strip():
+            raise ValueError(f"run_name must be a plain folder name, got {run_name!r}")
+        run_dir = comfy_env.runs_dir() / run_name.strip()
+        if resume and not (run_dir / "checkpoints").is_dir():
+            raise FileNotFoundError(f"nothing to resume: {run_dir / 'checkpoints'} does not exist")
+        inits = [str(comfy_env.model_path("loras", a)) for a in (init_adapter, init_adapter_2) if a and a != NONE]
+        config = config_from_dict({
+            "stage": stage, "adapter": method, "lora_rank": lora_rank, "lora_alpha": float(lora_rank),
+            "learning_rate": learning_rate, "steps": steps, "batch_size": batch_size, "grad_accum": grad_accum,
+            "seed": seed, "gradient_checkpointing": gradient_checkpointing, "checkpoint_every": checkpoint_every,
+            "init_adapters": inits, "output_dir": str(run_dir), "resume": "latest" if resume else "",
+        })
+        base_path = comfy_env.model_path("diffusion_models", base_model)
+        device = comfy_env.compute_device()
+
+        # ComfyUI runs nodes in inference mode; training needs autograd and tensors made outside it.
+        with torch.inference_mode(False), torch.enable_grad():
+            model, info = load_model(base_path, editor=True, dtype=DTYPES[base_precision], device=comfy_env.offload_device())
+            encoder = text_encoder.get()
+            try:
+                with comfy_env.on_compute_device(video_vae.codec, audio_vae.codec, encoder):
+                    codecs = Codecs(video_vae.codec, audio_vae.codec, encoder, fps=info.config.fps,
+                                    sample_rate=info.config.sample_rate, device=device)
+                    cache = LatentCache(run_dir / "cache", codecs, modalities=config.towers)
+                    with comfy_env.Progress(len(dataset.pairs), "caching latents") as bar:
+                        data = cache.build(dataset.pairs, progress=lambda done, total: bar.update(done),
+                                           should_stop=comfy_env.interrupted)
+                    empty = cache.empty_prompt()
+            finally:
+                text_encoder.release()
+                del encoder
+                comfy_env.free_memory()
+            with comfy_env.Progress(steps, "training") as bar, comfy_env.on_compute_device(model):
+                trainer = Trainer(model, config, data, empty_context=empty,
+                                  progress=lambda step, total, loss, eta: bar.update(step),
+                                  should_stop=comfy_env.interrupted)
+                result = trainer.train()
+            del model, trainer
+            comfy_env.free_memory()
+        if result.stopped:
+            logger.info("training stopped at step %d; checkpoint %s (set resume to continue)", result.steps,
+                        result.checkpoint)
+            comfy_env.raise_if_interrupted()
+            raise RuntimeError(f"training stopped at step {result.steps}; checkpoint {result.checkpoint}")
+        name = _publish(result.adapter, "loras" if method == "lora" else "diffusion_models")
+        png = plot_loss(run_dir / "loss.csv", run_dir / "loss.png") if (run_dir / "loss.csv").is_file() else None
+        loss = float(result.loss) if result.loss is not None else math.nan
+        logger.info("trained %s stage %s for %d steps (loss %.5f): %s", base_path.name, stage, result.steps, loss, name)
+        return (name, _loss_image(png), loss, int(result.steps))
+
+
+NODE_CLASS_MAPPINGS = {
+    "InstructAV2AVTrainingData": TrainingData,
+    "InstructAV2AVTrain": Train,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "InstructAV2AVTrainingData": "InstructAV2AV Training Data",
+    "InstructAV2AVTrain": "InstructAV2AV Train Editor",
+}

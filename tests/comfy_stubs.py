@@ -1,0 +1,149 @@
+"""Minimal stand-ins for ComfyUI's ``folder_paths``, ``comfy.utils`` and ``comfy.model_management``.
+
+They implement only what nodes/comfy_env.py calls, with ComfyUI's signatures and behaviour
+(``ProgressBar.update_absolute(value, total, preview)`` calling a global hook; the interrupt flag
+that ``throw_exception_if_processing_interrupted`` clears and raises on), so the ComfyUI code paths
+of the nodes run in CI without a ComfyUI checkout. The real thing is exercised by
+tests/test_comfyui_integration.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+SUPPORTED_PT_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
+
+
+class InterruptProcessingException(Exception):
+    pass
+
+
+def _folder_paths(models_dir: Path) -> types.ModuleType:
+    fp = types.ModuleType("folder_paths")
+    fp.models_dir = str(models_dir)
+    fp.supported_pt_extensions = set(SUPPORTED_PT_EXTENSIONS)
+    fp.folder_names_and_paths = {
+        name: ([str(models_dir / name)], set(SUPPORTED_PT_EXTENSIONS))
+        for name in ("diffusion_models", "vae", "text_encoders", "loras")
+    }
+
+    def add_model_folder_path(folder_name, full_folder_path, is_default=False):
+        if folder_name in fp.folder_names_and_paths:
+            paths = fp.folder_names_and_paths[folder_name][0]
+            if full_folder_path not in paths:
+                paths.insert(0, full_folder_path) if is_default else paths.append(full_folder_path)
+        else:
+            fp.folder_names_and_paths[folder_name] = ([full_folder_path], set())
+
+    def get_folder_paths(folder_name):
+        return list(fp.folder_names_and_paths[folder_name][0])
+
+    def get_filename_list(folder_name):
+        paths, exts = fp.folder_names_and_paths[folder_name]
+        out = set()
+        for root in paths:
+            for dirpath, _, files in os.walk(root):
+                for f in files:
+                    if not exts or os.path.splitext(f)[1].lower() in exts:
+                        out.add(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
+        return sorted(out)
+
+    def get_full_path(folder_name, filename):
+        if folder_name not in fp.folder_names_and_paths:
+            return None
+        for root in fp.folder_names_and_paths[folder_name][0]:
+            full = os.path.join(root, filename)
+            if os.path.isfile(full):
+                return full
+        return None
+
+    fp.add_model_folder_path = add_model_folder_path
+    fp.get_folder_paths = get_folder_paths
+    fp.get_filename_list = get_filename_list
+    fp.get_full_path = get_full_path
+    return fp
+
+
+class ComfyStubs:
+    """Handles on the installed stubs: the recorded progress calls and the interrupt flag."""
+
+    def __init__(self, models_dir: Path):
+        self.models_dir = models_dir
+        self.progress: list[tuple[int, int, object]] = []  # (value, total, preview) per hook call
+        self.interrupt = False
+        self.interrupt_after: int | None = None  # set the flag once this many progress calls happened
+        self.folder_paths = _folder_paths(models_dir)
+        self.utils = self._utils()
+        self.model_management = self._model_management()
+
+    def _utils(self) -> types.ModuleType:
+        stubs = self
+        utils = types.ModuleType("comfy.utils")
+
+        class ProgressBar:
+            def __init__(self, total, node_id=None):
+                self.total, self.current = total, 0
+
+            def update_absolute(self, value, total=None, preview=None):
+                if total is not None:
+                    self.total = total
+                self.current = min(value, self.total)
+                stubs.progress.append((self.current, self.total, preview))
+                if stubs.interrupt_after is not None and len(stubs.progress) >= stubs.interrupt_after:
+                    stubs.interrupt = True
+
+            def update(self, value):
+                self.update_absolute(self.current + value)
+
+        utils.ProgressBar = ProgressBar
+        return utils
+
+    def _model_management(self) -> types.ModuleType:
+        stubs = self
+        mm = types.ModuleType("comfy.model_management")
+        mm.InterruptProcessingException = InterruptProcessingException
+        mm.get_torch_device = lambda: torch.device("cpu")
+        mm.intermediate_device = lambda: torch.device("cpu")
+        mm.unet_offload_device = lambda: torch.device("cpu")
+        mm.soft_empty_cache = lambda force=False: None
+        mm.processing_interrupted = lambda: stubs.interrupt
+
+        def throw_exception_if_processing_interrupted():
+            if stubs.interrupt:
+                stubs.interrupt = False
+                raise InterruptProcessingException()
+
+        mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+        return mm
+
+
+@contextmanager
+def comfy_stubs(models_dir: Path):
+    """Install the stubs into ``sys.modules`` for the duration of the block."""
+    stubs = ComfyStubs(Path(models_dir))
+    comfy = types.ModuleType("comfy")
+    comfy.__path__ = []  # a package, so "comfy.utils" imports resolve through sys.modules
+    comfy.utils = stubs.utils
+    comfy.model_management = stubs.model_management
+    modules = {
+        "folder_paths": stubs.folder_paths,
+        "comfy": comfy,
+        "comfy.utils": stubs.utils,
+        "comfy.model_management": stubs.model_management,
+    }
+    saved = {name: sys.modules.get(name) for name in modules}
+    sys.modules.update(modules)
+    try:
+        yield stubs
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module

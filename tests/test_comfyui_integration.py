@@ -1,0 +1,186 @@
+"""The pack inside a real ComfyUI: registration, template listing, and the CPU demo workflow via the API.
+
+Runs only when ``COMFYUI_PATH`` points at a ComfyUI checkout (``COMFYUI_PYTHON``: the interpreter
+with ComfyUI's requirements and this pack's, default: this one). The pack is linked into
+``custom_nodes/instructav2av`` for the run (an existing entry of that name is left alone) and
+ComfyUI is started headless on the CPU on a free port, with its input, output, temp and user
+folders in a temporary directory and an in-memory database, so the checkout is not written to.
+The server is always stopped and the temporary link removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACK = "instructav2av"
+COMFYUI = os.environ.get("COMFYUI_PATH")
+PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
+START_TIMEOUT = 300
+RUN_TIMEOUT = 600
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run the integration test"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 30):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, payload: dict):
+    req = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:  # ComfyUI explains a rejected prompt in the body
+        raise AssertionError(f"POST {url} failed ({exc.code}): {exc.read().decode(errors='replace')}") from None
+
+
+@pytest.fixture(scope="module")
+def comfyui(tmp_path_factory):
+    root = Path(COMFYUI).expanduser().resolve()
+    assert (root / "main.py").is_file(), f"COMFYUI_PATH={root} is not a ComfyUI checkout (no main.py)"
+    link = root / "custom_nodes" / PACK
+    made_link = False
+    if not link.exists() and not link.is_symlink():
+        link.symlink_to(ROOT, target_is_directory=True)
+        made_link = True
+    work = tmp_path_factory.mktemp("comfyui")
+    dirs = {name: work / name for name in ("input", "output", "temp", "user")}
+    for d in dirs.values():
+        d.mkdir()
+    port = _free_port()
+    log = (work / "server.log").open("w")
+    cmd = [PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+           "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK, "--database-url", "sqlite:///:memory:",
+           "--input-directory", str(dirs["input"]), "--output-directory", str(dirs["output"]),
+           "--temp-directory", str(dirs["temp"]), "--user-directory", str(dirs["user"])]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"ComfyUI exited with {proc.returncode}:\n{(work / 'server.log').read_text()[-4000:]}")
+            try:
+                _get(f"{url}/system_stats", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"ComfyUI did not start in {START_TIMEOUT} s") from None
+                time.sleep(1)
+        yield {"url": url, "output": dirs["output"], "log": work / "server.log", "root": root}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        log.close()
+        if made_link:
+            link.unlink()
+
+
+def test_every_node_is_registered(comfyui):
+    from instructav2av import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+    info = _get(f"{comfyui['url']}/object_info")
+    missing = sorted(set(NODE_CLASS_MAPPINGS) - set(info))
+    assert not missing, f"not registered: {missing}\n{comfyui['log'].read_text()[-4000:]}"
+    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+        entry = info[node_id]
+        assert entry["display_name"] == NODE_DISPLAY_NAME_MAPPINGS[node_id]
+        assert tuple(entry["output"]) == cls.RETURN_TYPES and entry["category"] == cls.CATEGORY
+        assert entry["description"] == cls.DESCRIPTION
+        assert set(entry["input"]["required"]) == set(cls.INPUT_TYPES()["required"])
+    # the mmaudio folder was registered with ComfyUI
+    assert "mmaudio" in json.dumps(_get(f"{comfyui['url']}/models"))
+
+
+def test_template_browser_lists_the_ui_workflows_only(comfyui):
+    listing = _get(f"{comfyui['url']}/api/workflow_templates")
+    ui_files = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+    assert sorted(listing.get(PACK, [])) == ui_files  # the API twins in workflows/api/ are not listed
+    with urllib.request.urlopen(f"{comfyui['url']}/api/workflow_templates/{PACK}/{ui_files[0]}.json") as r:
+        assert "nodes" in json.loads(r.read())
+
+
+def _wait_for(url: str, prompt_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        history = _get(f"{url}/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+            return history[prompt_id]
+        assert time.monotonic() < deadline, f"prompt {prompt_id} did not finish in {timeout} s"
+        time.sleep(0.2)
+
+
+def test_demo_workflow_runs_and_saves_an_mp4_with_both_streams(comfyui):
+    import av
+
+    prompt = json.loads((ROOT / "workflows" / "api" / "instructav2av_demo_cpu.json").read_text())
+    client_id = uuid.uuid4().hex
+    prompt_id = _post(f"{comfyui['url']}/prompt", {"prompt": prompt, "client_id": client_id})["prompt_id"]
+    entry = _wait_for(comfyui["url"], prompt_id, RUN_TIMEOUT)
+    if entry["status"]["status_str"] != "success":
+        raise AssertionError(f"the demo workflow failed:\n{json.dumps(entry['status'].get('messages'), indent=1)[-4000:]}")
+    saved = [item for out in entry["outputs"].values() for item in out.get("images", [])
+             if item.get("filename", "").endswith(".mp4")]
+    assert len(saved) == 1, entry["outputs"]
+    path = comfyui["output"] / saved[0]["subfolder"] / saved[0]["filename"]
+    with av.open(str(path)) as container:
+        kinds = sorted(s.type for s in container.streams)
+        assert kinds == ["audio", "video"], f"{path.name} has streams {kinds}"
+        fps = float(container.streams.video[0].average_rate)
+        frames = sum(1 for _ in container.decode(video=0))
+    with av.open(str(path)) as container:
+        samples = sum(f.samples for f in container.decode(audio=0))
+        rate = container.streams.audio[0].rate
+    assert frames >= 5 and abs(frames / fps - samples / rate) < 0.1, (frames, fps, samples, rate)
+
+
+def test_cancel_stops_the_sampler_within_a_step(comfyui):
+    url = comfyui["url"]
+    prompt = json.loads((ROOT / "workflows" / "api" / "instructav2av_demo_cpu.json").read_text())
+    sampler = next(n for n in prompt.values() if n["class_type"] == "InstructAV2AVSampler")
+    sampler["inputs"]["steps"] = 1000  # far longer than the test waits
+    sampler["inputs"]["seed"] = 12345  # a new input: ComfyUI must not answer from its cache
+    before = {p.name for p in comfyui["output"].rglob("*.mp4")}
+    prompt_id = _post(f"{url}/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})["prompt_id"]
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not _get(f"{url}/queue")["queue_running"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(8)  # well into sampling (the models are loaded and cached from the earlier run)
+    req = urllib.request.Request(f"{url}/interrupt", data=b"{}", headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=30).close()
+    t0 = time.monotonic()
+    entry = _wait_for(url, prompt_id, 120)
+    waited = time.monotonic() - t0
+    kinds = [m[0] for m in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds and "execution_error" not in kinds, kinds
+    assert waited < 10, f"the sampler took {waited:.1f} s to stop"
+    assert {p.name for p in comfyui["output"].rglob("*.mp4")} == before  # nothing saved

@@ -1,0 +1,362 @@
+"""Writes the example workflows from one definition each: the UI file (ComfyUI's template browser
+lists ``workflows/*.json``) and its API-format twin for scripting (``workflows/api/*.json``, a
+subfolder the template browser does not read).
+
+    python workflows/build_workflows.py            # rewrite both formats of every workflow
+    python workflows/build_workflows.py --check    # exit 1 if a file differs from what it would write
+
+Thumbnails (``workflows/<name>.jpg``) are made separately by ``workflows/make_thumbnails.py``.
+Node input order, widget order and defaults come from the node classes themselves (ours) and from
+:data:`CORE_NODES` (ComfyUI's, as of v0.3.64), so the UI files' positional ``widgets_values`` always
+match the nodes they load into. Never reorder node inputs without rebuilding these files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PACK_ID = "instructav2av"  # registry id ([project] name)
+PACK_VERSION = "0.1.0"
+COMFY_VERSION = "0.3.64"
+FRONTEND_VERSION = "1.27.10"
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+# ComfyUI core nodes the workflows use: (inputs in order as (name, type, optional, upload)), outputs).
+CORE_NODES: dict[str, dict] = {
+    "LoadVideo": {"inputs": [("file", "COMBO", False, True)], "outputs": [("VIDEO", "VIDEO")]},
+    "GetVideoComponents": {
+        "inputs": [("video", "VIDEO", False, False)],
+        "outputs": [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")],
+    },
+    "CreateVideo": {
+        "inputs": [("images", "IMAGE", False, False), ("fps", "FLOAT", False, False), ("audio", "AUDIO", True, False)],
+        "outputs": [("VIDEO", "VIDEO")],
+    },
+    "SaveVideo": {
+        "inputs": [("video", "VIDEO", False, False), ("filename_prefix", "STRING", False, False),
+                   ("format", "COMBO", False, False), ("codec", "COMBO", False, False)],
+        "outputs": [],
+    },
+    "MaskToImage": {"inputs": [("mask", "MASK", False, False)], "outputs": [("IMAGE", "IMAGE")]},
+    "PreviewImage": {"inputs": [("images", "IMAGE", False, False)], "outputs": []},
+}
+
+# Values of core widgets our workflows connect (ComfyUI's defaults), for the UI files' widgets_values.
+CORE_WIDGET_DEFAULTS = {("CreateVideo", "fps"): 30.0}
+
+MODEL_LINKS = {
+    "model.safetensors": ("https://huggingface.co/chetwinlow1/Ovi/resolve/main/model.safetensors", "diffusion_models"),
+    "wan2.2_vae.safetensors": (
+        "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/vae/wan2.2_vae.safetensors",
+        "vae",
+    ),
+    "v1-16.pth": ("https://huggingface.co/hkchengrex/MMAudio/resolve/main/ext_weights/v1-16.pth", "mmaudio"),
+    "best_netG.pt": ("https://huggingface.co/hkchengrex/MMAudio/resolve/main/ext_weights/best_netG.pt", "mmaudio"),
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": (
+        "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/text_encoders/"
+        "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+        "text_encoders",
+    ),
+}
+
+EDIT_NOTE = """## Edit a video with an instruction (InstructAV2AV on Ovi)
+
+1. Load a video with sound (**Load Video**). The model edits **5 s** at 24 fps: longer clips are
+   trimmed from *start_seconds*, or split into windows (*length: all windows* in **Encode Source**).
+2. Write what to change in **Encode Instruction**, e.g. *replace the dog with a cat and its bark with a meow*.
+   Everything it does not name is kept.
+3. Queue. **Gate Map** shows where the model chose to edit.
+
+**Models** (see docs/nodes.md)
+- `models/diffusion_models`: [model.safetensors](https://huggingface.co/chetwinlow1/Ovi/resolve/main/model.safetensors) (Ovi)
+  + your InstructAV2AV adapter in `models/loras` (from the training nodes or `instructav2av train`),
+  or an editor file from training.
+- `models/vae`: [wan2.2_vae.safetensors](https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/vae/wan2.2_vae.safetensors)
+- `models/mmaudio`: [v1-16.pth](https://huggingface.co/hkchengrex/MMAudio/resolve/main/ext_weights/v1-16.pth)
+  and [best_netG.pt](https://huggingface.co/hkchengrex/MMAudio/resolve/main/ext_weights/best_netG.pt)
+- `models/text_encoders`: [umt5_xxl_fp8_e4m3fn_scaled.safetensors](https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors)
+
+Memory: the editor has 11.7 B parameters (23 GB in bf16, 12 GB as fp8).
+"""
+
+DEMO_NOTE = """## InstructAV2AV demo (runs on a CPU)
+
+The embedded demo model (a few MB, shipped with the pack) edits its synthetic domain: shapes that
+move and make their own sounds. **Demo Clip** gives a held-out clip and an instruction the model
+knows, e.g. *remove the green triangle and its chirping*. Queue: the edit takes seconds.
+
+The output goes to `output/video/InstructAV2AV_demo_*.mp4`; **Gate Map** shows where the model edited.
+"""
+
+
+def _our_nodes() -> dict[str, dict]:
+    """Inputs/outputs of this pack's nodes, read from the classes."""
+    from instructav2av import NODE_CLASS_MAPPINGS
+
+    nodes = {}
+    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+        spec = cls.INPUT_TYPES()
+        inputs = []
+        for section in ("required", "optional"):
+            for name, (kind, *opts) in spec.get(section, {}).items():
+                opts = opts[0] if opts else {}
+                kind = "COMBO" if isinstance(kind, list) else kind
+                inputs.append((name, kind, section == "optional", False, opts))
+        names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
+        nodes[node_id] = {"inputs": inputs, "outputs": list(zip(names, cls.RETURN_TYPES)), "ours": True}
+    return nodes
+
+
+def node_defs() -> dict[str, dict]:
+    defs = {k: {"inputs": [(*i, {}) for i in v["inputs"]], "outputs": v["outputs"], "ours": False}
+            for k, v in CORE_NODES.items()}
+    defs.update(_our_nodes())
+    return defs
+
+
+def is_widget(kind: str, opts: dict) -> bool:
+    return kind in WIDGET_TYPES and not opts.get("forceInput", False)
+
+
+# --------------------------------------------------------------------------------------------
+# The workflows: API-format node dicts plus a layout column per node
+# --------------------------------------------------------------------------------------------
+
+
+OVI_SAMPLING = {"steps": 50, "shift": 5.0, "solver": "unipc", "video_instruction_scale": 4.0,
+                "video_source_scale": 1.5, "audio_instruction_scale": 3.0, "audio_source_scale": 1.5}
+
+
+def demo_sampling() -> dict:
+    """The demo bundle's own sampling settings (its recipe.json, chosen on held-out cases)."""
+    from instructav2av.training import demo
+
+    sampling = demo.DEFAULT_SAMPLING
+    recipe = demo.ASSETS / demo.RECIPE_FILE
+    if recipe.is_file():
+        sampling = demo.DemoSampling(**json.loads(recipe.read_text()).get("sampling", {}))
+    return {k: getattr(sampling, k) for k in OVI_SAMPLING}
+
+
+def _common_tail(first: int, model: str, vvae: str, avae: str, seed: int, sampling: dict, prefix: str) -> dict:
+    """Sampler -> decode -> video out, plus the gate map previews; ``first`` is the sampler's id."""
+    s, d, cv, sv, g, mi, pv, pa = (str(first + i) for i in range(8))
+    return {
+        s: ("InstructAV2AVSampler", "Sampler", 3, {
+            "model": [model, 0], "instruction": [str(first - 2), 0], "source": [str(first - 1), 0], "seed": seed,
+            **sampling, "slg_layers": "auto", "denoise": 1.0, "batch_guidance": True, "preview": True}),
+        d: ("InstructAV2AVDecode", "Decode", 4, {"latents": [s, 0], "video_vae": [vvae, 0 if vvae != model else 1],
+                                                 "audio_vae": [avae, 0 if avae != model else 2]}),
+        cv: ("CreateVideo", "Create Video", 5, {"images": [d, 0], "fps": [d, 2], "audio": [d, 1]}),
+        sv: ("SaveVideo", "Save Video", 6, {"video": [cv, 0], "filename_prefix": prefix, "format": "auto",
+                                            "codec": "auto"}),
+        g: ("InstructAV2AVGateMap", "Gate Map", 4, {"latents": [s, 0], "sigma": 0.5, "scale": "stretch",
+                                                    "plot_width": 512, "plot_height": 128}),
+        mi: ("MaskToImage", "Video gate as image", 5, {"mask": [g, 0]}),
+        pv: ("PreviewImage", "Video gate (bright = edited)", 6, {"images": [mi, 0]}),
+        pa: ("PreviewImage", "Audio gate over time", 6, {"images": [g, 1]}),
+    }
+
+
+def demo_workflow() -> dict:
+    nodes = {
+        "1": ("InstructAV2AVDemoLoader", "Load Demo Model", 0, {"precision": "bf16"}),
+        "2": ("InstructAV2AVDemoClip", "Demo Clip", 0, {}),
+        "3": ("InstructAV2AVInstructionEncode", "Encode Instruction", 1, {
+            "text_encoder": ["1", 3], "instruction": ["2", 3], "video_negative": "", "audio_negative": "",
+            "keep_loaded": False}),
+        "4": ("InstructAV2AVSourceEncode", "Encode Source", 2, {
+            "model": ["1", 0], "video_vae": ["1", 1], "audio_vae": ["1", 2], "images": ["2", 0], "fps": ["2", 2],
+            "fit": "crop", "length": "one window", "start_seconds": 0.0, "audio": ["2", 1]}),
+    }
+    nodes.update(_common_tail(5, "1", "1", "1", seed=0, sampling=demo_sampling(), prefix="video/InstructAV2AV_demo"))
+    return {"nodes": nodes, "note": ("Read me", DEMO_NOTE)}
+
+
+def edit_workflow() -> dict:
+    nodes = {
+        "1": ("LoadVideo", "Load Video (with sound)", 0, {"file": "input_video.mp4"}),
+        "2": ("GetVideoComponents", "Get Video Components", 1, {"video": ["1", 0]}),
+        "3": ("InstructAV2AVModelLoader", "Load Editor Model", 0, {
+            "model_name": "model.safetensors", "precision": "bf16", "attention": "auto", "preset": "auto",
+            "adapter_1": "instructav2av_adapter.safetensors", "adapter_1_strength": 1.0, "adapter_2": "none",
+            "adapter_2_strength": 1.0}),
+        "4": ("InstructAV2AVVideoVAELoader", "Load Video VAE", 0, {
+            "vae_name": "wan2.2_vae.safetensors", "precision": "bf16", "tile_size": 256, "tile_overlap": 64,
+            "frames_per_chunk": 1}),
+        "5": ("InstructAV2AVAudioVAELoader", "Load Audio VAE", 0, {
+            "vae_name": "v1-16.pth", "vocoder_name": "best_netG.pt", "precision": "fp32"}),
+        "6": ("InstructAV2AVTextEncoderLoader", "Load Text Encoder", 0, {
+            "text_encoder_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "precision": "bf16", "device": "auto",
+            "cache_embeddings": True, "tokenizer_path": ""}),
+        "7": ("InstructAV2AVInstructionEncode", "Encode Instruction", 1, {
+            "text_encoder": ["6", 0],
+            "instruction": "replace the speaking man with a young woman in a gray blazer, and his voice with hers",
+            "video_negative": "", "audio_negative": "", "keep_loaded": False}),
+        "8": ("InstructAV2AVSourceEncode", "Encode Source", 2, {
+            "model": ["3", 0], "video_vae": ["4", 0], "audio_vae": ["5", 0], "images": ["2", 0], "fps": ["2", 2],
+            "fit": "crop", "length": "one window", "start_seconds": 0.0, "audio": ["2", 1]}),
+    }
+    nodes.update(_common_tail(9, "3", "4", "5", seed=42, sampling=OVI_SAMPLING, prefix="video/InstructAV2AV"))
+    return {"nodes": nodes, "note": ("Models and how to use", EDIT_NOTE)}
+
+
+WORKFLOWS = {
+    "instructav2av_demo_cpu": demo_workflow,
+    "instructav2av_edit_video": edit_workflow,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Writers
+# --------------------------------------------------------------------------------------------
+
+
+def to_api(workflow: dict) -> dict:
+    return {nid: {"inputs": inputs, "class_type": cls, "_meta": {"title": title}}
+            for nid, (cls, title, _, inputs) in workflow["nodes"].items()}
+
+
+def _model_entries(values: dict) -> list[dict]:
+    return [{"name": v, "url": MODEL_LINKS[v][0], "directory": MODEL_LINKS[v][1]}
+            for v in values.values() if isinstance(v, str) and v in MODEL_LINKS]
+
+
+def to_ui(name: str, workflow: dict, defs: dict) -> dict:
+    """ComfyUI's UI format (schema version 0.4), laid out in columns."""
+    nodes, links = [], []
+    col_rows: dict[int, float] = {}
+    ids = list(workflow["nodes"])
+    # The frontend lists a node's sockets in definition order, then the widgets that were turned into
+    # sockets (here: the linked ones); a link's target slot is the index in that list.
+    slots: dict[str, list[str]] = {}
+    for nid in ids:
+        cls, _, _, inputs = workflow["nodes"][nid]
+        d = defs[cls]["inputs"]
+        sockets = [i[0] for i in d if not is_widget(i[1], i[4])]
+        linked_widgets = [i[0] for i in d if is_widget(i[1], i[4]) and isinstance(inputs.get(i[0]), list)]
+        slots[nid] = sockets + linked_widgets
+    out_links: dict[tuple[str, int], list[int]] = {}
+    link_id = 0
+    incoming: dict[str, dict[str, int]] = {}
+    for nid in ids:
+        cls, _, _, inputs = workflow["nodes"][nid]
+        for key, value in inputs.items():
+            if isinstance(value, list):
+                link_id += 1
+                src, slot = value
+                src_cls = workflow["nodes"][src][0]
+                kind = defs[src_cls]["outputs"][slot][1]
+                links.append([link_id, int(src), slot, int(nid), slots[nid].index(key), kind])
+                out_links.setdefault((src, slot), []).append(link_id)
+                incoming.setdefault(nid, {})[key] = link_id
+    # execution order: a node after everything it reads
+    order: dict[str, int] = {}
+
+    def depth(nid: str) -> int:
+        if nid not in order:
+            srcs = [v[0] for v in workflow["nodes"][nid][3].values() if isinstance(v, list)]
+            order[nid] = 1 + max((depth(s) for s in srcs), default=-1)
+        return order[nid]
+
+    ranked = sorted(ids, key=lambda n: (depth(n), int(n)))
+    for nid in ids:
+        cls, title, column, inputs = workflow["nodes"][nid]
+        d = defs[cls]
+        widgets, by_name = [], {}
+        for iname, kind, optional, upload, opts in d["inputs"]:
+            linked = incoming.get(nid, {}).get(iname)
+            if is_widget(kind, opts):
+                value = inputs.get(iname, opts.get("default"))
+                if isinstance(value, list):  # linked: the widget keeps a plain value the link overrides
+                    value = opts["default"] if "default" in opts else CORE_WIDGET_DEFAULTS[(cls, iname)]
+                widgets.append(value)
+                if iname in ("seed", "noise_seed") or opts.get("control_after_generate"):
+                    widgets.append("fixed")
+                if upload:
+                    widgets.append("image")
+                if linked is not None:
+                    by_name[iname] = {"name": iname, "type": kind, "widget": {"name": iname}, "link": linked}
+            else:
+                entry = {"name": iname, "type": kind, "link": linked}
+                if optional:
+                    entry["shape"] = 7
+                by_name[iname] = entry
+        ui_inputs = [by_name[name] for name in slots[nid]]
+        outputs = [{"name": oname, "type": otype, "slot_index": i, "links": out_links.get((nid, i), [])}
+                   for i, (oname, otype) in enumerate(d["outputs"])]
+        n_widgets = sum(1 for i in d["inputs"] if is_widget(i[1], i[4]))
+        size = [320, 60 + 24 * (len(ui_inputs) + len(outputs)) + 26 * n_widgets]
+        if cls in ("InstructAV2AVInstructionEncode",):
+            size[1] += 160
+        if cls in ("PreviewImage", "SaveVideo"):
+            size = [360, 400]
+        y = col_rows.get(column, 0.0)
+        col_rows[column] = y + size[1] + 60
+        props = {"Node name for S&R": cls}
+        props.update({"cnr_id": PACK_ID, "ver": PACK_VERSION} if d["ours"] else {"cnr_id": "comfy-core",
+                                                                                  "ver": COMFY_VERSION})
+        if models := _model_entries(inputs):
+            props["models"] = models
+        nodes.append({
+            "id": int(nid), "type": cls, "pos": [40 + 380 * column, 40 + y], "size": size, "flags": {},
+            "order": ranked.index(nid), "mode": 0, "inputs": ui_inputs, "outputs": outputs, "title": title,
+            "properties": props, "widgets_values": widgets,
+        })
+    note_title, note_text = workflow["note"]
+    note_id = max(int(i) for i in ids) + 1
+    nodes.append({
+        "id": note_id, "type": "MarkdownNote", "pos": [-420, 40], "size": [420, 520], "flags": {},
+        "order": len(ids), "mode": 0, "inputs": [], "outputs": [], "title": note_title, "properties": {},
+        "widgets_values": [note_text],
+    })
+    all_models = {m["name"]: m for n in nodes for m in n["properties"].get("models", [])}
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{PACK_ID}/{name}")),
+        "revision": 0,
+        "last_node_id": note_id,
+        "last_link_id": link_id,
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 0.75, "offset": [460, 40]}, "frontendVersion": FRONTEND_VERSION},
+        "models": list(all_models.values()),
+        "version": 0.4,
+    }
+
+
+def render() -> dict[Path, str]:
+    defs = node_defs()
+    files = {}
+    for name, make in WORKFLOWS.items():
+        wf = make()
+        files[HERE / f"{name}.json"] = json.dumps(to_ui(name, wf, defs), indent=2, ensure_ascii=False) + "\n"
+        files[HERE / "api" / f"{name}.json"] = json.dumps(to_api(wf), indent=2, ensure_ascii=False) + "\n"
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a file is out of date")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in render().items():
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            continue
+        stale.append(path)
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    for path in stale:
+        sys.stderr.write(f"{'out of date' if args.check else 'wrote'}: {path.relative_to(HERE.parent)}\n")
+    return 1 if (args.check and stale) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
