@@ -134,16 +134,19 @@ PRESETS: dict[str, ModelConfig] = {
         # The embedded demo model (training/demo.py, docs/demo.md): the demo codecs' latents
         # (models/demo_codecs.py: video [48, 5, 16, 16] -> 320 tokens, MDCT audio [69, 250]) and the
         # one-hot word + position features of models/demo_text.py (text_dim >= vocabulary + text_len).
+        # dim >= the values a token's head must produce (video 2*2*48 = 192, audio 250): the head's
+        # output lies in a dim-dimensional subspace, and latent directions outside it would keep
+        # their initial noise through sampling (dim 128 measured 17.5 dB PSNR outside the edit).
         # Audio RoPE scale by Ovi's formula: (5 latent frames * 16 fps / 17 frames) / 64 latents per s.
         ModelConfig(
             name="demo",
             video=TowerConfig(
-                modality="video", in_dim=48, out_dim=48, patch_size=(1, 2, 2), dim=128, ffn_dim=512,
-                num_heads=2, num_layers=4, text_dim=128, text_len=24, conv_mlp_multiple_of=64,
+                modality="video", in_dim=48, out_dim=48, patch_size=(1, 2, 2), dim=256, ffn_dim=512,
+                num_heads=4, num_layers=4, text_dim=128, text_len=24, conv_mlp_multiple_of=64,
             ),
             audio=TowerConfig(
-                modality="audio", in_dim=250, out_dim=250, patch_size=(1,), dim=128, ffn_dim=512,
-                num_heads=2, num_layers=4, text_dim=128, text_len=24, conv_mlp_multiple_of=64,
+                modality="audio", in_dim=250, out_dim=250, patch_size=(1,), dim=256, ffn_dim=512,
+                num_heads=4, num_layers=4, text_dim=128, text_len=24, conv_mlp_multiple_of=64,
                 rope_scale=(5 * 16 / 17) / 64,
             ),
             fps=16,
@@ -151,7 +154,7 @@ PRESETS: dict[str, ModelConfig] = {
             video_latent_frames=5,
             audio_latents=69,
             area=32 * 32,
-            description="embedded demo editor (dim 128, 4 layers) on the synthetic domain, 32x32x17 frames, 16 kHz",
+            description="embedded demo editor (dim 256, 4 layers) on the synthetic domain, 32x32x17 frames, 16 kHz",
         ),
     )
 }
