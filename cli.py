@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "edit": (".edit_cli", "edit a video and its soundtrack from a text instruction"),
     "train": (".training.train_cli", "train the editor (stage video, audio or joint) from a TOML config"),
     "merge-adapter": (".training.train_cli", "merge adapter file(s) into base weights: BASE ADAPTER... OUT"),
+    "evaluate": (".training.evaluate", "score an edited clip against its source (SSIM, log-mel, AV offset)"),
     "demo": (".demo_cli", "edit the bundled demo clip with the embedded demo model (or --eval N held-out cases)"),
     "demo-train": (".demo_cli", "train the embedded demo model (reproduces assets/demo; ablation variants)"),
 }

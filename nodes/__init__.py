@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-NODE_MODULES = ("loaders", "demo", "encode", "sample", "decode", "train")
+NODE_MODULES = ("loaders", "demo", "encode", "sample", "decode", "evaluate", "train")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -1,0 +1,86 @@
+"""Score an edit of a real clip against its source (no ground truth): the ``evaluate`` command and node.
+
+The edited clip fixes the geometry (frame rate, size, sample rate, length); the source is
+conformed to it exactly as the editor conforms its input (retimed, centre-cropped or padded,
+resampled), so an output of ``instructav2av edit`` compares with the file it was made from. Both
+are then cut to the same ``1 + 4k`` frames and scored by :func:`.metrics.evaluate_general`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from ..media import Clip, ClipSpec, conform, read_clip
+from .metrics import AVClip, evaluate_general
+
+# (metric key, label, format, what it says)
+REPORT = (
+    ("ssim_to_source", "SSIM to source", "{:.3f}", "1 = identical frames"),
+    ("psnr_to_source", "PSNR to source", "{:.1f} dB", "higher = closer to the source"),
+    ("frame_consistency", "frame consistency", "{:.3f}", "edited clip; compare with the source's"),
+    ("frame_consistency_source", "  (source)", "{:.3f}", ""),
+    ("log_mel_distance", "log-mel distance", "{:.2f} dB", "0 = identical soundtrack"),
+    ("av_offset_s", "AV offset", "{:+.3f} s", "sound onsets vs motion events; > 0: sound late"),
+    ("av_offset_source_s", "  (source)", "{:+.3f} s", ""),
+)
+
+
+def compare_clips(source: Clip, edited: Clip, *, fit: str = "crop") -> dict:
+    """General metrics of ``edited`` against ``source`` (see module doc); also records the frames compared."""
+    if edited.frames.shape[0] < 1:
+        raise ValueError("the edited clip has no frames")
+    frames = 1 + 4 * ((edited.frames.shape[0] - 1) // 4)
+    height, width = int(edited.frames.shape[1]), int(edited.frames.shape[2])
+    sample_rate = edited.sample_rate if edited.has_audio else (source.sample_rate or 16_000)
+    spec = ClipSpec(fps=edited.fps, num_frames=frames, sample_rate=sample_rate, area=height * width,
+                    height=height, width=width, multiple=1)
+    src, out = conform(source, spec, fit=fit), conform(edited, spec, fit=fit)
+    scores = evaluate_general(AVClip(src.video, src.audio, float(spec.fps), sample_rate),
+                              AVClip(out.video, out.audio, float(spec.fps), sample_rate))
+    scores.update(frames=frames, fps=float(spec.fps), height=height, width=width, sample_rate=sample_rate,
+                  source_frames_used=src.valid_frames)
+    return scores
+
+
+def compare_files(source: str | Path, edited: str | Path, *, fit: str = "crop") -> dict:
+    """:func:`compare_clips` on two media files (the source is read only as far as the edit lasts)."""
+    out = read_clip(edited)
+    duration = out.frames.shape[0] / float(out.fps) + 0.25
+    return compare_clips(read_clip(source, duration=duration), out, fit=fit)
+
+
+def format_report(scores: dict) -> str:
+    """The scores as aligned lines, one metric per line with what its value means."""
+    lines = [f"compared {scores['frames']} frames at {scores['fps']:g} fps, {scores['width']}x{scores['height']}, "
+             f"audio at {scores['sample_rate']} Hz"]
+    if scores.get("source_frames_used", scores["frames"]) < scores["frames"]:
+        lines.append(f"(the source covers only {scores['source_frames_used']} of those frames; the rest is padding)")
+    for key, label, fmt, meaning in REPORT:
+        value = scores.get(key)
+        shown = "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else fmt.format(value)
+        lines.append(f"  {label:20s} {shown:>10s}  {meaning}".rstrip())
+    return "\n".join(lines)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Score an edited clip against its source without ground truth: SSIM/PSNR to the source, "
+                          "frame-to-frame consistency, log-mel distance and the audio-video offset.")
+    parser.add_argument("source", help="the original video file")
+    parser.add_argument("edited", help="the edited video file (its rate, size and length are the reference)")
+    parser.add_argument("--fit", choices=("crop", "pad"), default="crop",
+                        help="how the source was fitted to the edit's size (as `edit --fit`; default crop)")
+    parser.add_argument("--json", action="store_true", help="print the scores as JSON")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    for name in ("source", "edited"):
+        if not Path(getattr(args, name)).is_file():
+            raise FileNotFoundError(f"{name} file {getattr(args, name)} not found")
+    scores = compare_files(args.source, args.edited, fit=args.fit)
+    sys.stdout.write((json.dumps(scores, indent=1) if args.json else format_report(scores)) + "\n")
+    return 0
