@@ -184,3 +184,10 @@ def test_cancel_stops_the_sampler_within_a_step(comfyui):
     assert "execution_interrupted" in kinds and "execution_error" not in kinds, kinds
     assert waited < 10, f"the sampler took {waited:.1f} s to stop"
     assert {p.name for p in comfyui["output"].rglob("*.mp4")} == before  # nothing saved
+    assert not [p for p in comfyui["output"].rglob("*") if p.is_file() and p.suffix != ".mp4"]  # no partial file
+    # the next run works: the same graph, queued again with its normal length
+    sampler["inputs"]["steps"] = 4
+    prompt_id = _post(f"{url}/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})["prompt_id"]
+    entry = _wait_for(url, prompt_id, RUN_TIMEOUT)
+    assert entry["status"]["status_str"] == "success", entry["status"].get("messages")
+    assert len({p.name for p in comfyui["output"].rglob("*.mp4")} - before) == 1

@@ -465,3 +465,65 @@ def test_training_nodes_train_an_adapter_the_loader_applies(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="problems"):
         (tmp_path / "data" / "pair1" / "instruction.txt").unlink()
         node("InstructAV2AVTrainingData").open(model, str(tmp_path / "data"), 0, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# bad input
+# --------------------------------------------------------------------------------------------
+
+
+def test_loaders_name_a_file_of_the_wrong_kind(tmp_path, monkeypatch):
+    """Each loader says what the chosen file looks like and what it expects instead of failing deep inside."""
+    from safetensors.torch import save_file
+
+    from instructav2av.models.checkpoint import save_editor
+    from instructav2av.models.video_vae import build_video_vae
+
+    monkeypatch.setenv(comfy_env.MODELS_DIR_ENV, str(tmp_path))
+    for folder in ("diffusion_models", "vae", "mmaudio"):
+        (tmp_path / folder).mkdir()
+    vae = {k: v.contiguous() for k, v in build_video_vae(seed=0).vae.state_dict().items()}
+    save_file(vae, str(tmp_path / "diffusion_models" / "a_vae.safetensors"))
+    save_file(vae, str(tmp_path / "mmaudio" / "a_video_vae.safetensors"))
+    save_editor(tiny_bundle("cpu", torch.float32).model, tmp_path / "vae" / "an_editor.safetensors", origin="test")
+    with pytest.raises(ValueError, match=r"not an Ovi or InstructAV2AV model checkpoint: it looks like .*VAE"):
+        node("InstructAV2AVModelLoader").load("a_vae.safetensors", "fp32", "auto", "auto")
+    with pytest.raises(ValueError, match=r"not a Wan2.2 video VAE.*looks like an InstructAV2AV editor"):
+        node("InstructAV2AVVideoVAELoader").load("an_editor.safetensors", "fp32", 0, 64, 1)
+    with pytest.raises(ValueError, match=r"does not fit the MMAudio 16 kHz VAE.*expected MMAudio"):
+        node("InstructAV2AVAudioVAELoader").load("a_video_vae.safetensors", "none", "fp32")
+
+
+def test_image_and_audio_of_different_durations(tiny_demo, caplog):
+    """The frames decide the duration: shorter audio is padded with silence, longer audio cut, both logged."""
+    images, audio, instruction = source_clip(frames=9)  # 0.5625 s
+    _, long_audio, _ = source_clip(frames=17)
+    short_audio = {"waveform": audio["waveform"][..., :4000].clone(), "sample_rate": 16000}
+    for sound, said in ((short_audio, "padded with silence"), (long_audio, "the extra audio is ignored")):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            (src,) = node("InstructAV2AVSourceEncode").encode(*tiny_demo[:3], images, 16.0, "crop", "one window",
+                                                              0.0, sound)
+        assert any(said in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+        assert (src.windows[0].valid_frames, src.windows[0].valid_samples) == (9, 9000)
+    # the padding is silence: the encoded audio equals that of a source whose tail is zeroed by hand
+    (padded,) = node("InstructAV2AVSourceEncode").encode(*tiny_demo[:3], images, 16.0, "crop", "one window", 0.0,
+                                                         short_audio)
+    zeroed = audio["waveform"].clone()
+    zeroed[..., 4000:] = 0
+    (by_hand,) = node("InstructAV2AVSourceEncode").encode(*tiny_demo[:3], images, 16.0, "crop", "one window", 0.0,
+                                                          {"waveform": zeroed, "sample_rate": 16000})
+    assert torch.equal(padded.windows[0].audio, by_hand.windows[0].audio)
+
+
+def test_cancelled_run_leaves_nothing_and_the_next_run_works(tiny_demo, tmp_path):
+    images, audio, instruction = source_clip(frames=9)
+    with comfy_stubs(tmp_path) as stubs:
+        stubs.interrupt_after = 2
+        with pytest.raises(InterruptProcessingException):
+            run_graph(tiny_demo, images, audio, instruction, steps=10)
+        stubs.interrupt_after = None  # Cancel was pressed once; the user queues the graph again
+        _, _, (after, after_audio, _) = run_graph(tiny_demo, images, audio, instruction)
+    _, _, (fresh, fresh_audio, _) = run_graph(tiny_demo, images, audio, instruction)
+    assert torch.equal(after, fresh) and torch.equal(after_audio["waveform"], fresh_audio["waveform"])
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".mp4", ".tmp", ".part")]
