@@ -451,10 +451,16 @@ _register()
 
 CLIP_FILE, CLIP_INFO_FILE, INSTRUCTION_FILE = "clip.mp4", "clip.json", "instruction.txt"
 DEMO_CLIP_FIRST = 1000  # held-out offsets from here serve the demo clip; evaluations use 0, 1, 2, ...
+# The bundled clip is *chosen*: held-out case 1020 (seed 0), a "remove" edit of picture and sound that
+# the shipped model gets right. Its accuracy over all edit types is lower (docs/demo.md gives it per type).
+DEMO_CLIP_OFFSET = 1020
 
 
-def demo_clip_offset(data_seed: int = 0, edit_type: str = "replace") -> int:
-    """The first held-out offset >= DEMO_CLIP_FIRST with an ``edit_type`` edit and two objects in view."""
+def demo_clip_offset(data_seed: int = 0, edit_type: str | None = None) -> int:
+    """The demo clip's held-out offset: :data:`DEMO_CLIP_OFFSET`, or the first offset >=
+    :data:`DEMO_CLIP_FIRST` with an ``edit_type`` edit and two objects in view."""
+    if edit_type is None:
+        return DEMO_CLIP_OFFSET
     for offset in range(DEMO_CLIP_FIRST, DEMO_CLIP_FIRST + 1000):
         m = make_sample(HELD_OUT_START + offset, seed=data_seed).meta
         if m.edit_type == edit_type and m.context_objects:
@@ -462,7 +468,7 @@ def demo_clip_offset(data_seed: int = 0, edit_type: str = "replace") -> int:
     raise ValueError(f"no {edit_type!r} edit with two objects among 1000 held-out samples of seed {data_seed}")
 
 
-def write_demo_clip(folder: str | Path, *, data_seed: int = 0, edit_type: str = "replace",
+def write_demo_clip(folder: str | Path, *, data_seed: int = 0, edit_type: str | None = None,
                     overwrite: bool = False) -> dict:
     """Write the demo clip (a held-out synthetic source), its instruction and where it came from."""
     from ..media import write_clip
