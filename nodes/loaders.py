@@ -305,7 +305,7 @@ class TextEncoderLoader:
 
 class DemoLoader:
     DESCRIPTION = (
-        "Loads the embedded demo editor (a few MB, shipped with this pack): its model, codecs and instruction "
+        "Loads the embedded demo editor (29 MB, shipped with this pack): its model, codecs and instruction "
         "encoder. It edits the synthetic demo domain (moving shapes with their own sounds) on any CPU in "
         "seconds. Pair it with 'InstructAV2AV Demo Clip'."
     )

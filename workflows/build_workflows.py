@@ -86,7 +86,7 @@ Memory: the editor has 11.7 B parameters (23 GB in bf16, 12 GB as fp8).
 
 DEMO_NOTE = """## InstructAV2AV demo (runs on a CPU)
 
-The embedded demo model (a few MB, shipped with the pack) edits its synthetic domain: shapes that
+The embedded demo model (29 MB, shipped with the pack) edits its synthetic domain: shapes that
 move and make their own sounds. **Demo Clip** gives a held-out clip and an instruction the model
 knows, e.g. *remove the green triangle and its chirping*. Queue: the edit takes seconds.
 
