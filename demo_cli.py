@@ -87,7 +87,7 @@ def _demo(args: argparse.Namespace) -> int:
         raise ValueError("several --model bundles only make sense with --eval N (a comparison table)")
     from .pipeline import edit, prepare_source
     from .training.demo import ASSETS, CLIP_FILE, INSTRUCTION_FILE, demo_clip_sample
-    from .training.metrics import evaluate_synthetic, psnr
+    from .training.metrics import evaluate_synthetic, format_score, psnr
 
     folder = Path(args.clip) if args.clip else ASSETS
     clip = folder / CLIP_FILE
@@ -111,9 +111,7 @@ def _demo(args: argparse.Namespace) -> int:
         _out(f"against the ground truth (held-out sample {info['index']} of seed {info['data_seed']}, "
              f"a {info['edit_type']} edit):")
         for key, label, fmt in _COLUMNS[1:]:
-            value = m.get(key)
-            shown = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
-            _out(f"  {label:18s} {shown}")
+            _out(f"  {label:18s} {format_score(m.get(key), fmt)}")
         # H.264's 4:2:0 chroma halves the colour resolution of a 32x32 clip: the decoded source itself
         # is this far from the true one outside the edit, a ceiling for the edit's PSNR there.
         source = prepare_source(bundle, clip).video[:, : sample.source_video.shape[1]]
@@ -123,15 +121,10 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt(summary: dict, key: str, fmt: str) -> str:
-    value = summary.get(key)
-    return "n/a" if value is None else fmt.format(value)
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     from .pipeline import load_bundle
     from .training.demo import evaluate_heldout
-    from .training.metrics import summarize
+    from .training.metrics import format_score, summarize
 
     models = args.model or [None]
     rows = []
@@ -152,13 +145,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     _out(header)
     _out("|" + "---|" * (len(_COLUMNS) + 1))
     for model, summary, _, _ in rows:
-        _out(f"| {model} | " + " | ".join(_fmt(summary, k, f) for k, _, f in _COLUMNS) + " |")
+        _out(f"| {model} | " + " | ".join(format_score(summary.get(k), f) for k, _, f in _COLUMNS) + " |")
     if len(rows) == 1:
         _out("\nper edit type:")
         _out("| edit | n | " + " | ".join(h for _, h, _ in _COLUMNS) + " |")
         _out("|" + "---|" * (len(_COLUMNS) + 2))
         for t, s in rows[0][2].items():
-            _out(f"| {t} | {s['count']} | " + " | ".join(_fmt(s, k, f) for k, _, f in _COLUMNS) + " |")
+            _out(f"| {t} | {s['count']} | " + " | ".join(format_score(s.get(k), f) for k, _, f in _COLUMNS) + " |")
     _out("time: " + ", ".join(f"{m}: {sec:.1f} s" for m, _, _, sec in rows))
     return 0
 

@@ -60,9 +60,8 @@ class Evaluate:
         scores = compare_clips(source, edited, fit=fit)
         report = format_report(scores)
         logger.info("InstructAV2AV Evaluate:\n%s", report)
-        offset = scores["av_offset_s"]
         return (report, float(scores["ssim_to_source"]), float(scores["log_mel_distance"]),
-                float("nan") if offset is None else float(offset))
+                float(scores["av_offset_s"]))
 
 
 NODE_CLASS_MAPPINGS = {"InstructAV2AVEvaluate": Evaluate}

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 from ..media import Clip, ClipSpec, conform, read_clip
-from .metrics import AVClip, evaluate_general
+from .metrics import AVClip, evaluate_general, format_score
 
 # (metric key, label, format, what it says)
 REPORT = (
@@ -60,9 +59,7 @@ def format_report(scores: dict) -> str:
     if scores.get("source_frames_used", scores["frames"]) < scores["frames"]:
         lines.append(f"(the source covers only {scores['source_frames_used']} of those frames; the rest is padding)")
     for key, label, fmt, meaning in REPORT:
-        value = scores.get(key)
-        shown = "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else fmt.format(value)
-        lines.append(f"  {label:20s} {shown:>10s}  {meaning}".rstrip())
+        lines.append(f"  {label:20s} {format_score(scores.get(key), fmt):>10s}  {meaning}".rstrip())
     return "\n".join(lines)
 
 

@@ -448,6 +448,11 @@ def _onset_time(
     return float(times[near][rise[near].argmax()])
 
 
+def format_score(value: float | None, fmt: str) -> str:
+    """``fmt.format(value)``, or ``"n/a"`` for a score that does not apply (None) or was undefined (NaN)."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
