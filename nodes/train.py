@@ -4,7 +4,8 @@ The train node loads its own copy of the base model (training changes a model in
 trainable parameters in float32), encodes the dataset into the latent cache with the given codecs and
 text encoder (freed before training starts), trains one stage and puts the product where the model
 loader finds it: an adapter into ``models/loras``, a full fine-tune into ``models/diffusion_models``,
-under a fresh name. Cancel stops at the next step with a checkpoint; ``resume`` continues from it.
+as ``<run_name>.safetensors`` (a taken name is refused before anything loads, never overwritten).
+Cancel stops at the next step with a checkpoint; ``resume`` continues from it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,30 @@ CATEGORY = "InstructAV2AV/training"
 DATASET = "IAV2AV_DATASET"
 STAGES = ("video", "audio", "joint")
 METHODS = ("lora", "full")
+MODEL_FRAMES = "model"
+CACHE_FOLDER = ".latent-cache"  # under the runs folder; run names may not start with "."
+# Only lengths the model can take (1 + 4k: the video VAE folds 4 frames into one latent frame after the
+# first), up to Ovi's longest clip (241 frames, 10 s). An INT widget cannot offer this set: ComfyUI
+# snaps to min + k*step, so a 0 for "the model's" and 1 + 4k cannot share one widget.
+FRAME_CHOICES = (MODEL_FRAMES, *(str(1 + 4 * k) for k in range(61)))
+
+
+def window_frames(value: str | int) -> int:
+    """The Training Data node's ``num_frames`` as a frame count (0 = the model's); refuses other lengths."""
+    if isinstance(value, str) and value.strip() == MODEL_FRAMES:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        frames = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        frames = int(value)
+    else:
+        frames = -1
+    if frames == 0:
+        return 0
+    if frames < 1 or (frames - 1) % 4:
+        raise ValueError(f"num_frames={value!r}: a training window needs 1 + 4k frames (1, 5, 9, ..., 17, ..., 121), "
+                         f"or {MODEL_FRAMES!r} for the model's clip length")
+    return frames
 
 
 @dataclass
@@ -67,17 +92,19 @@ class TrainingData:
                 "model": (MODEL, {"tooltip": "The editor (its preset sets the clip length, frame rate and size)."}),
                 "data_path": ("STRING", {"default": "", "tooltip": "Folder of pairs (NAME/source.mp4, target.mp4, "
                                                                    "instruction.txt) or a .jsonl manifest."}),
-                "num_frames": ("INT", {"default": 0, "min": 0, "max": 1001, "step": 4,
-                                       "tooltip": "Frames per training window (1 + 4k); 0 = the model's clip length."}),
+                "num_frames": (list(FRAME_CHOICES), {"default": MODEL_FRAMES,
+                                                     "tooltip": "Frames per training window (1 + 4k); 'model' = the "
+                                                                "model's clip length."}),
                 "window_stride": ("INT", {"default": 0, "min": 0, "max": 100000,
                                           "tooltip": "Frames between window starts (several windows per clip); 0 = "
                                                      "one window per clip."}),
             }
         }
 
-    def open(self, model: ModelHandle, data_path: str, num_frames: int, window_stride: int):
+    def open(self, model: ModelHandle, data_path: str, num_frames: str | int, window_stride: int):
         from ..training.dataset import ClipWindowing, open_pairs, validate_pairs
 
+        num_frames = window_frames(num_frames)
         if not data_path or not data_path.strip():
             raise ValueError("data_path is empty; give a folder of NAME/{source.mp4,target.mp4,instruction.txt} "
                              "or a .jsonl manifest")
@@ -99,21 +126,36 @@ def _loss_image(png: Path | None) -> torch.Tensor:
         return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)[None]
 
 
-def _publish(product: Path, folder: str) -> str:
-    """Copy the run's product into a model folder under a fresh name; returns the name ComfyUI lists."""
-    from ..media import fresh_path
+def _product_path(run_name: str, method: str) -> Path:
+    """Where the run's product goes: ``<run_name>.safetensors`` in models/loras (LoRA) or
+    models/diffusion_models (full fine-tune); refuses a name that is taken (never overwrites)."""
+    folder = "loras" if method == "lora" else "diffusion_models"
+    target = comfy_env.writable_model_folder(folder) / f"{run_name}.safetensors"
+    if target.exists():
+        raise FileExistsError(f"models/{folder}/{target.name} already exists; choose another run_name (the trained "
+                              "file is named after the run and never replaces a file)")
+    return target
 
-    root = comfy_env.writable_model_folder(folder)
-    target = fresh_path(root / product.name)
-    shutil.copyfile(product, target)
-    return target.relative_to(root).as_posix()
+
+def _publish(product: Path, target: Path) -> str:
+    """Copy the run's product to ``target`` (created exclusively: a file that appeared meanwhile is kept)."""
+    try:
+        with open(product, "rb") as src, open(target, "xb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 24)
+    except FileExistsError:
+        raise FileExistsError(f"{target} appeared while training; the trained file stays at {product}") from None
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return target.name
 
 
 class Train:
     DESCRIPTION = (
         "Trains one stage of an InstructAV2AV editor on a dataset: 'video' or 'audio' trains that tower alone "
         "(cross-modal attention bypassed), 'joint' trains both with it (start it from the stage-1 adapters). LoRA "
-        "adapters go to models/loras, full fine-tunes to models/diffusion_models. Cancel stops with a checkpoint; "
+        "adapters go to models/loras, full fine-tunes to models/diffusion_models, as <run_name>.safetensors. "
+        "Cancel stops with a checkpoint; "
         "'resume' continues it."
     )
     CATEGORY = CATEGORY
@@ -165,7 +207,10 @@ class Train:
                                                         "end or on Cancel)."}),
                 "run_name": ("STRING", {"default": "instructav2av",
                                         "tooltip": "Folder of this run (checkpoints, loss.csv, loss.png) under "
-                                                   "output/instructav2av_runs/, and the product's name."}),
+                                                   "output/instructav2av_runs/, and the product's name "
+                                                   "(<run_name>.safetensors; a taken name is refused, never "
+                                                   "overwritten). A new run needs a new name; 'resume' continues "
+                                                   "the run of this name."}),
                 "resume": ("BOOLEAN", {"default": False,
                                        "tooltip": "Continue from the run's latest checkpoint (same settings)."}),
             },
@@ -190,11 +235,13 @@ class Train:
         from ..training.config import config_from_dict
         from ..training.trainer import Trainer, plot_loss
 
-        if not run_name or not run_name.strip() or Path(run_name).name != run_name.strip():
-            raise ValueError(f"run_name must be a plain folder name, got {run_name!r}")
-        run_dir = comfy_env.runs_dir() / run_name.strip()
+        run_name = (run_name or "").strip()
+        if not run_name or Path(run_name).name != run_name or run_name.startswith("."):
+            raise ValueError(f"run_name must be a plain folder name (not starting with '.'), got {run_name!r}")
+        run_dir = comfy_env.runs_dir() / run_name
         if resume and not (run_dir / "checkpoints").is_dir():
             raise FileNotFoundError(f"nothing to resume: {run_dir / 'checkpoints'} does not exist")
+        product = _product_path(run_name, method)  # before anything loads: a taken name fails at once
         inits = [str(comfy_env.model_path("loras", a)) for a in (init_adapter, init_adapter_2) if a and a != NONE]
         config = config_from_dict({
             "stage": stage, "adapter": method, "lora_rank": lora_rank, "lora_alpha": float(lora_rank),
@@ -213,7 +260,9 @@ class Train:
                 with comfy_env.on_compute_device(video_vae.codec, audio_vae.codec, encoder):
                     codecs = Codecs(video_vae.codec, audio_vae.codec, encoder, fps=info.config.fps,
                                     sample_rate=info.config.sample_rate, device=device)
-                    cache = LatentCache(run_dir / "cache", codecs, modalities=config.towers)
+                    # one cache for all runs (entries are checked against each pair's fingerprint), so a
+                    # new run on the same data skips encoding
+                    cache = LatentCache(comfy_env.runs_dir() / CACHE_FOLDER, codecs, modalities=config.towers)
                     with comfy_env.Progress(len(dataset.pairs), "caching latents") as bar:
                         data = cache.build(dataset.pairs, progress=lambda done, total: bar.update(done),
                                            should_stop=comfy_env.interrupted)
@@ -234,7 +283,7 @@ class Train:
                         result.checkpoint)
             comfy_env.raise_if_interrupted()
             raise RuntimeError(f"training stopped at step {result.steps}; checkpoint {result.checkpoint}")
-        name = _publish(result.adapter, "loras" if method == "lora" else "diffusion_models")
+        name = _publish(result.adapter, product)
         png = plot_loss(run_dir / "loss.csv", run_dir / "loss.png") if (run_dir / "loss.csv").is_file() else None
         loss = float(result.loss) if result.loss is not None else math.nan
         logger.info("trained %s stage %s for %d steps (loss %.5f): %s", base_path.name, stage, result.steps, loss, name)

@@ -186,6 +186,11 @@ class ClipWindowing:
     stride: int = 0
     fit: str = "crop"
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_frames, int) or self.num_frames < 1 or (self.num_frames - 1) % 4:
+            raise ValueError(f"num_frames={self.num_frames!r}: a training window needs 1 + 4k frames (e.g. 17, 121); "
+                             "the video VAE folds 4 frames into one latent frame after the first")
+
     @classmethod
     def from_model(cls, config, *, num_frames: int = 0, stride: int = 0, height: int = 0, width: int = 0
                    ) -> ClipWindowing:
