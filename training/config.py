@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -241,6 +242,10 @@ def _problems(c: TrainConfig):
         yield f"num_frames={c.num_frames}, expected 1 + 4k frames (e.g. 17, 121) or 0 for the preset's"
     if bool(c.height) != bool(c.width) or c.height % 32 or c.width % 32:
         yield f"height={c.height}, width={c.width}: give both as multiples of 32, or neither (0)"
+    if c.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        # found here, with the other config problems, before any model or data is loaded
+        yield ("optimizer='adamw8bit' needs the bitsandbytes package, which is not installed (pip install "
+               "bitsandbytes; CUDA GPUs only); use optimizer='adamw'")
     if c.adapter == "lora" and not c.lora_targets:
         yield "lora_targets is empty; name the block layers to adapt (e.g. 'self_attn.q') or use adapter='full'"
 
