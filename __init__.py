@@ -9,6 +9,11 @@ __version__ = "0.1.0"
 
 WEB_DIRECTORY = None
 
+if __package__:  # pytest may also import this file alone, as a top-level module without a package
+    from . import _compat  # old module paths keep importing, with a DeprecationWarning
+
+    _compat.install(__name__)
+
 _NODE_ATTRS = ("NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS")
 
 

@@ -26,10 +26,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from instructav2av.data.pairs import InMemoryLatents, LatentItem
 from instructav2av.models.configs import get_preset
 from instructav2av.models.dit import AVEditorDiT
 from instructav2av.training.config import TrainConfig
-from instructav2av.training.dataset import InMemoryLatents, LatentItem
 from instructav2av.training.trainer import Trainer
 
 

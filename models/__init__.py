@@ -1,1 +1,1 @@
-"""Pure-torch model code: the SIGA-DiT twin towers, attention, RoPE, configs, checkpoints, codecs."""
+"""Pure-torch model code: the SIGA-DiT twin towers, attention, RoPE, configs, ops; codecs in ``codecs/``."""

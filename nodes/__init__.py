@@ -1,4 +1,4 @@
-"""ComfyUI node classes. Thin wrappers: all computation lives in models/, samplers/, media/, training/ and pipeline.py.
+"""ComfyUI node classes. Thin wrappers: all computation lives in models/, weights/, samplers/, editing/, media/, data/, evaluation/ and training/.
 
 Each module of this package defines ``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS`` for its
 nodes; this file merges them in the order of :data:`NODE_MODULES` (which is the order the nodes

@@ -261,8 +261,8 @@ def latent_previewer(codec: object) -> Callable[[torch.Tensor], object] | None:
       latent->RGB projection), which reads the same normalised 48-channel latents;
     - anything else: no preview (progress only).
     """
-    from ..models.demo_codecs import DemoVideoCodec
-    from ..models.video_vae import VideoVAE
+    from ..demo.codecs import DemoVideoCodec
+    from ..models.codecs.video_vae import VideoVAE
 
     if isinstance(codec, DemoVideoCodec):
         def demo_preview(x0: torch.Tensor):

@@ -42,8 +42,8 @@ class Decode:
         }
 
     def decode(self, latents: EditedLatents, video_vae: VideoVAEHandle, audio_vae: AudioVAEHandle):
+        from ..editing.bundle import decode_latents
         from ..media import video_tensor_to_image, wave_to_comfy_audio
-        from ..pipeline import decode_latents
 
         source = latents.source
         device = comfy_env.compute_device()
@@ -102,7 +102,7 @@ class GateMap:
         }
 
     def gates(self, latents: EditedLatents, sigma: float, scale: str, plot_width: int = 512, plot_height: int = 128):
-        from ..pipeline import encode_instructions
+        from ..editing.bundle import encode_instructions
         from ..samplers.gates import curve_image, gate_maps, stretch, video_gate_frames
 
         if scale not in ("stretch", "raw"):

@@ -11,7 +11,7 @@ CATEGORY = "InstructAV2AV"
 
 def demo_files() -> tuple[Path, str]:
     """The bundled demo clip and its instruction (a clear error when the pack was installed without assets)."""
-    from ..training.demo import ASSETS, CLIP_FILE, INSTRUCTION_FILE
+    from ..demo.recipe import ASSETS, CLIP_FILE, INSTRUCTION_FILE
 
     clip, instruction = ASSETS / CLIP_FILE, ASSETS / INSTRUCTION_FILE
     if not clip.is_file() or not instruction.is_file():

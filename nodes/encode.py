@@ -45,7 +45,7 @@ ALL_WINDOWS = "all windows"
 def make_bundle(model: ModelHandle, video_vae: VideoVAEHandle, audio_vae: AudioVAEHandle, instruction: Instruction | None,
                 device: torch.device):
     """An :class:`~..pipeline.EditorBundle` over handles (it checks that codecs and model fit together)."""
-    from ..pipeline import EditorBundle
+    from ..editing.bundle import EditorBundle
 
     encoder = PrecomputedEncoder(instruction or Instruction("", "", "", {}))
     return EditorBundle(model.model, video_vae.codec, audio_vae.codec, encoder, model.config, device=device,
@@ -98,7 +98,7 @@ class InstructionEncode:
 
     def encode(self, text_encoder: TextEncoderHandle, instruction: str, video_negative: str, audio_negative: str,
                keep_loaded: bool = False):
-        from ..pipeline import check_instruction
+        from ..editing.bundle import check_instruction
 
         text = check_instruction(instruction)
         texts = list(dict.fromkeys([text, video_negative or "", audio_negative or ""]))
@@ -173,8 +173,8 @@ class SourceEncode:
 
     def encode(self, model: ModelHandle, video_vae: VideoVAEHandle, audio_vae: AudioVAEHandle, images, fps: float,
                fit: str, length: str, start_seconds: float, audio=None):
+        from ..editing.bundle import encode_source, prepare_source
         from ..media import clip_from_comfy
-        from ..pipeline import encode_source, prepare_source
 
         if length not in (ONE_WINDOW, ALL_WINDOWS):
             raise ValueError(f"length must be {ONE_WINDOW!r} or {ALL_WINDOWS!r}, got {length!r}")

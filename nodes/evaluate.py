@@ -1,4 +1,4 @@
-"""Score an edit against its source inside a graph: the general metrics of ``training.evaluate``."""
+"""Score an edit against its source inside a graph: the general metrics of ``evaluation.compare``."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ class Evaluate:
         }
 
     def evaluate(self, source_images, source_audio, source_fps, edited_images, edited_audio, edited_fps, fit):
+        from ..evaluation.compare import compare_clips, format_report
         from ..media import clip_from_comfy
-        from ..training.evaluate import compare_clips, format_report
 
         def on_cpu(audio):
             return {**audio, "waveform": audio["waveform"].cpu()} if isinstance(audio, dict) and "waveform" in audio else audio

@@ -16,8 +16,8 @@ from fractions import Fraction
 
 import torch
 
+from ..editing.bundle import AudioCodec, EditDefaults, InstructionEncoder, VideoCodec
 from ..models.configs import ModelConfig
-from ..pipeline import AudioCodec, EditDefaults, InstructionEncoder, VideoCodec
 
 logger = logging.getLogger(__name__)
 

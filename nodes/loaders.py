@@ -99,8 +99,8 @@ class ModelLoader:
 
     def load(self, model_name, precision, attention, preset, adapter_1=NONE, adapter_1_strength=1.0,
              adapter_2=NONE, adapter_2_strength=1.0):
-        from ..models.checkpoint import load_model
-        from ..pipeline import apply_adapters
+        from ..editing.bundle import apply_adapters
+        from ..weights.dit import load_model
 
         if precision not in MODEL_PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(MODEL_PRECISIONS)}, got {precision!r}")
@@ -171,7 +171,7 @@ class VideoVAELoader:
         return True
 
     def load(self, vae_name, precision, tile_size, tile_overlap, frames_per_chunk):
-        from ..models.video_vae import VAETiling, load_video_vae
+        from ..models.codecs.video_vae import VAETiling, load_video_vae
 
         tiling = VAETiling(tile_size=tile_size or None, overlap=tile_overlap if tile_size else 0,
                            frames_per_chunk=frames_per_chunk)
@@ -229,7 +229,7 @@ class AudioVAELoader:
         }
 
     def load(self, vae_name, vocoder_name, precision):
-        from ..models.audio_vae import load_audio_vae
+        from ..models.codecs.audio_vae import load_audio_vae
 
         vae_path = _audio_path(vae_name)
         voc_path = None if vocoder_name in (None, "", NONE) else _audio_path(vocoder_name)
@@ -283,7 +283,7 @@ class TextEncoderLoader:
         }
 
     def load(self, text_encoder_name, precision, device, cache_embeddings, tokenizer_path=""):
-        from ..models.text_encoder import load_text_encoder
+        from ..models.codecs.text_encoder import load_text_encoder
 
         path = comfy_env.model_path("text_encoders", text_encoder_name)
         tokenizer = Path(tokenizer_path).expanduser() if tokenizer_path and tokenizer_path.strip() else None
@@ -326,7 +326,7 @@ class DemoLoader:
         }
 
     def load(self, precision):
-        from ..pipeline import load_bundle
+        from ..editing.bundle import load_bundle
 
         bundle = load_bundle(preset="demo", device=comfy_env.offload_device(), dtype=DTYPES[precision])
         model = ModelHandle(model=bundle.model, config=bundle.config, name=bundle.name, dtype=bundle.dtype,

@@ -67,8 +67,8 @@ def window_frames(value: str | int) -> int:
 class Dataset:
     """``IAV2AV_DATASET``: the pairs (validated) and how clips become windows."""
 
-    pairs: object  # training.dataset.PairSource
-    windowing: object  # training.dataset.ClipWindowing
+    pairs: object  # data.pairs.PairSource
+    windowing: object  # data.pairs.ClipWindowing
     path: str
     report: str
 
@@ -102,7 +102,7 @@ class TrainingData:
         }
 
     def open(self, model: ModelHandle, data_path: str, num_frames: str | int, window_stride: int):
-        from ..training.dataset import ClipWindowing, open_pairs, validate_pairs
+        from ..data.pairs import ClipWindowing, open_pairs, validate_pairs
 
         num_frames = window_frames(num_frames)
         if not data_path or not data_path.strip():
@@ -230,10 +230,10 @@ class Train:
               dataset: Dataset, stage, method, lora_rank, learning_rate, steps, batch_size, grad_accum, seed,
               gradient_checkpointing, checkpoint_every, run_name, resume, init_adapter=NONE, init_adapter_2=NONE,
               base_precision="bf16"):
-        from ..models.checkpoint import load_model
-        from ..training.cache import Codecs, LatentCache
+        from ..data.cache import Codecs, LatentCache
         from ..training.config import config_from_dict
         from ..training.trainer import Trainer, plot_loss
+        from ..weights.dit import load_model
 
         run_name = (run_name or "").strip()
         if not run_name or Path(run_name).name != run_name or run_name.startswith("."):

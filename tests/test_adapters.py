@@ -11,11 +11,12 @@ from safetensors.torch import save_file
 from test_trainer import EMPTY, PRESET, tiny_editor, tiny_items
 
 from instructav2av.cli import main as cli_main
-from instructav2av.models.checkpoint import load_model, save_editor
-from instructav2av.models.checkpoint_io import CheckpointFile
+from instructav2av.data.pairs import InMemoryLatents
 from instructav2av.models.configs import get_preset
 from instructav2av.models.dit import AVEditorDiT
-from instructav2av.training.adapters import (
+from instructav2av.training.config import TrainConfig
+from instructav2av.training.trainer import Trainer
+from instructav2av.weights.adapters import (
     PROBE_KEY,
     AdapterMismatch,
     base_fingerprint,
@@ -25,9 +26,8 @@ from instructav2av.training.adapters import (
     lora_target_pattern,
     read_adapter_info,
 )
-from instructav2av.training.config import TrainConfig
-from instructav2av.training.dataset import InMemoryLatents
-from instructav2av.training.trainer import Trainer
+from instructav2av.weights.dit import load_model, save_editor
+from instructav2av.weights.io import CheckpointFile
 
 
 def _train(model, tmp, **kw):

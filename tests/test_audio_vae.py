@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from instructav2av.models.audio_vae import (
+from instructav2av.models.codecs.audio_vae import (
     DATA_MEAN_80D,
     MMAUDIO_VAE_16K,
     AttnBlock1d,
@@ -34,15 +34,15 @@ from instructav2av.models.audio_vae import (
     normalize_conv_weight,
     pixel_norm,
 )
-from instructav2av.models.checkpoint import CheckpointError
-from instructav2av.models.mel import LogMelSpectrogram, slaney_mel_filterbank
-from instructav2av.models.vocoder import (
+from instructav2av.models.codecs.mel import LogMelSpectrogram, slaney_mel_filterbank
+from instructav2av.models.codecs.vocoder import (
     BIGVGAN_V1_16K,
     BigVGAN,
     BigVGANConfig,
     fold_weight_norm,
     weight_from_norm,
 )
+from instructav2av.weights.dit import CheckpointError
 
 TINY_VAE = MelVAEConfig(hidden_dim=16)
 # two upsampling stages (16 x 16 = the real 256x hop) keep the vocoder's ~330 small convs per call down to ~110

@@ -27,11 +27,11 @@ from helpers_ckpt import (
 from safetensors import safe_open
 
 from instructav2av.cli import main
-from instructav2av.models import checkpoint as ckpt
-from instructav2av.models.checkpoint import CheckpointError, load_model, resolve_config, save_editor
-from instructav2av.models.checkpoint_kinds import detect_layout
 from instructav2av.models.configs import PRESETS, ModelConfig, get_preset, with_overrides
 from instructav2av.models.ops import CastLinear
+from instructav2av.weights import dit as ckpt
+from instructav2av.weights.dit import CheckpointError, load_model, resolve_config, save_editor
+from instructav2av.weights.kinds import detect_layout
 
 TINY = get_preset("tiny")
 # docs/design-decisions.md "Initialisation": an untrained editor differs from Ovi through (1-G) = 0.25 %
@@ -96,7 +96,7 @@ def test_info_reads_only_the_header_of_a_full_size_file(tmp_path, capsys):
 
 
 def test_ambiguous_preset_is_logged(caplog):
-    with caplog.at_level(logging.INFO, logger="instructav2av.models.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="instructav2av.weights.dit"):
         resolve_config(ovi_key_shapes(PRESETS["ovi-720-5s"]), editor=False, file_name="weights.safetensors")
     assert "ovi-720-5s" in caplog.text and "ovi-960-5s" in caplog.text
 

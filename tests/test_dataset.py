@@ -15,13 +15,9 @@ from media_fixtures import make_video
 from test_trainer import tiny_editor
 
 from instructav2av.cli import main as cli_main
-from instructav2av.media import read_clip
-from instructav2av.models.configs import get_preset
-from instructav2av.models.demo_codecs import DemoAudioCodec, DemoVideoCodec
-from instructav2av.pipeline import EditorBundle
-from instructav2av.training.cache import Codecs, LatentCache, encode_pairs
-from instructav2av.training.config import TrainConfig, load_train_config
-from instructav2av.training.dataset import (
+from instructav2av.cli.train import run_training
+from instructav2av.data.cache import Codecs, LatentCache, encode_pairs
+from instructav2av.data.pairs import (
     ClipWindowing,
     FolderPairs,
     InMemoryPairs,
@@ -33,7 +29,11 @@ from instructav2av.training.dataset import (
     open_pairs,
     validate_pairs,
 )
-from instructav2av.training.train_cli import run_training
+from instructav2av.demo.codecs import DemoAudioCodec, DemoVideoCodec
+from instructav2av.editing.bundle import EditorBundle
+from instructav2av.media import read_clip
+from instructav2av.models.configs import get_preset
+from instructav2av.training.config import TrainConfig, load_train_config
 from instructav2av.training.trainer import Trainer
 
 WINDOWING = ClipWindowing(fps=24, num_frames=9, sample_rate=16000, area=32 * 32)

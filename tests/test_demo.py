@@ -7,11 +7,11 @@ import logging
 import pytest
 import torch
 
+from instructav2av.data.synthetic import SynthConfig, make_sample
+from instructav2av.demo import recipe as demo
+from instructav2av.demo.codecs import DemoAudioCodec, DemoVideoCodec
+from instructav2av.demo.text import EOS, UNK, DemoTextEncoder, build_vocabulary, split_words
 from instructav2av.models.configs import get_preset, with_overrides
-from instructav2av.models.demo_codecs import DemoAudioCodec, DemoVideoCodec
-from instructav2av.models.demo_text import EOS, UNK, DemoTextEncoder, build_vocabulary, split_words
-from instructav2av.training import demo
-from instructav2av.training.synthetic import SynthConfig, make_sample
 
 # What the shipped model reaches on held-out cases 0..2 (docs/demo.md states the thresholds).
 SHIPPED_MIN = {"psnr_preserved": 27.0, "video_edit_correct": 2 / 3, "audio_edit_correct": 1 / 3}  # docs/demo.md
@@ -220,7 +220,7 @@ def test_joint_only_variant_gets_equal_compute():
 
 
 def test_train_demo_end_to_end_then_resume_and_refuse_overwrite(tmp_path, caplog):
-    from instructav2av.pipeline import load_bundle
+    from instructav2av.editing.bundle import load_bundle
 
     recipe = demo.DemoRecipe(video_steps=2, audio_steps=1, joint_steps=1, batch_size=2, train_pairs=16)
     messages: list[str] = []
@@ -267,7 +267,7 @@ needs_shipped = pytest.mark.skipif(not SHIPPED, reason="assets/demo holds no tra
 
 @pytest.fixture(scope="module")
 def shipped():
-    from instructav2av.pipeline import load_bundle
+    from instructav2av.editing.bundle import load_bundle
 
     return load_bundle(preset="demo", device="cpu")
 

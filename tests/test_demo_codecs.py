@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from instructav2av.models.demo_codecs import DemoAudioCodec, DemoVideoCodec, mdct_basis
+from instructav2av.demo.codecs import DemoAudioCodec, DemoVideoCodec, mdct_basis
 
 
 def _video(b=2, t=17, h=32, w=32, seed=0):

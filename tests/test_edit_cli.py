@@ -10,8 +10,8 @@ import torch
 from media_fixtures import make_video
 from test_pipeline import tiny_bundle
 
-from instructav2av import pipeline
 from instructav2av.cli import main
+from instructav2av.editing import bundle as pipeline
 from instructav2av.media import read_clip
 
 
@@ -153,7 +153,7 @@ def test_missing_source_and_missing_model_files(tmp_path, source, capsys):
 
 
 def test_adapter_spec_parsing(tmp_path):
-    from instructav2av.edit_cli import _adapter
+    from instructav2av.cli.edit import _adapter
 
     assert _adapter("style.safetensors:0.5") == ("style.safetensors", 0.5)
     assert _adapter("style.safetensors") == "style.safetensors"

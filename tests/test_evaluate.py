@@ -10,9 +10,9 @@ from comfy_stubs import comfy_stubs
 
 from instructav2av import NODE_CLASS_MAPPINGS
 from instructav2av.cli import main
+from instructav2av.data.synthetic import SynthConfig, make_sample
+from instructav2av.evaluation.compare import compare_clips, compare_files, format_report
 from instructav2av.media import clip_from_comfy, read_clip, write_clip
-from instructav2av.training.evaluate import compare_clips, compare_files, format_report
-from instructav2av.training.synthetic import SynthConfig, make_sample
 
 SYNTH = SynthConfig(size=64, num_frames=73, fps=24)  # 3 s: enough motion events to align sound with
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from instructav2av.training.metrics import (
+from instructav2av.data.synthetic import EDIT_TYPES, SynthConfig, make_sample
+from instructav2av.evaluation.metrics import (
     AVClip,
     av_offset,
     evaluate_general,
@@ -16,7 +17,6 @@ from instructav2av.training.metrics import (
     ssim,
     summarize,
 )
-from instructav2av.training.synthetic import EDIT_TYPES, SynthConfig, make_sample
 
 
 def _samples(edit: str, n: int = 3):

@@ -19,9 +19,10 @@ import torch
 from comfy_stubs import InterruptProcessingException, comfy_stubs
 from torch import nn
 
-from instructav2av import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, pipeline
+from instructav2av import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from instructav2av.demo.codecs import DemoAudioCodec, DemoVideoCodec
+from instructav2av.editing import bundle as pipeline
 from instructav2av.models.configs import get_preset
-from instructav2av.models.demo_codecs import DemoAudioCodec, DemoVideoCodec
 from instructav2av.models.dit import AVEditorDiT
 from instructav2av.nodes import comfy_env
 from instructav2av.nodes.handles import AudioVAEHandle, TextEncoderHandle, VideoVAEHandle
@@ -81,7 +82,7 @@ def tiny_demo(monkeypatch):
 
 def source_clip(frames: int = 17, seed: int = 0) -> tuple[torch.Tensor, dict, str]:
     """A synthetic clip (32x32 at 16 fps) as ComfyUI IMAGE + AUDIO, and its instruction."""
-    from instructav2av.training.synthetic import make_sample
+    from instructav2av.data.synthetic import make_sample
 
     s = make_sample(seed, seed=7)
     images = s.source_video[:, :frames].permute(1, 2, 3, 0).add(1.0).mul(0.5).contiguous()
@@ -221,7 +222,7 @@ def test_comfyui_folders_and_the_mmaudio_folder(tmp_path):
 
 
 def test_model_loader_reads_an_editor_file(tmp_path, monkeypatch):
-    from instructav2av.models.checkpoint import save_editor
+    from instructav2av.weights.dit import save_editor
 
     monkeypatch.setenv(comfy_env.MODELS_DIR_ENV, str(tmp_path))
     (tmp_path / "diffusion_models").mkdir()
@@ -243,7 +244,7 @@ def test_model_loader_reads_an_editor_file(tmp_path, monkeypatch):
 def test_video_vae_loader_sets_tiling(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
-    from instructav2av.models.video_vae import build_video_vae
+    from instructav2av.models.codecs.video_vae import build_video_vae
 
     monkeypatch.setenv(comfy_env.MODELS_DIR_ENV, str(tmp_path))
     (tmp_path / "vae").mkdir()
@@ -413,7 +414,7 @@ def test_demo_clip_node_reads_the_bundled_clip(tmp_path, monkeypatch):
     assert out_images.shape == (17, 32, 32, 3) and fps == 16.0 and text == instruction
     assert out_audio["sample_rate"] == 16000 and abs(out_audio["waveform"].shape[-1] - 17000) < 1100
     monkeypatch.undo()
-    from instructav2av.training import demo as demo_training
+    from instructav2av.demo import recipe as demo_training
 
     monkeypatch.setattr(demo_training, "ASSETS", tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="demo clip is missing"):
@@ -426,8 +427,8 @@ def test_demo_clip_node_reads_the_bundled_clip(tmp_path, monkeypatch):
 
 
 def _write_pairs(root, count: int = 2):
+    from instructav2av.data.synthetic import make_sample
     from instructav2av.media import write_clip
-    from instructav2av.training.synthetic import make_sample
 
     for i in range(count):
         s = make_sample(i, seed=3)
@@ -439,7 +440,7 @@ def _write_pairs(root, count: int = 2):
 
 
 def test_training_nodes_train_an_adapter_the_loader_applies(tmp_path, monkeypatch):
-    from instructav2av.models.checkpoint import save_editor
+    from instructav2av.weights.dit import save_editor
 
     monkeypatch.setenv(comfy_env.MODELS_DIR_ENV, str(tmp_path / "models"))
     monkeypatch.chdir(tmp_path)  # runs go to ./runs without ComfyUI
@@ -504,8 +505,8 @@ def test_loaders_name_a_file_of_the_wrong_kind(tmp_path, monkeypatch):
     """Each loader says what the chosen file looks like and what it expects instead of failing deep inside."""
     from safetensors.torch import save_file
 
-    from instructav2av.models.checkpoint import save_editor
-    from instructav2av.models.video_vae import build_video_vae
+    from instructav2av.models.codecs.video_vae import build_video_vae
+    from instructav2av.weights.dit import save_editor
 
     monkeypatch.setenv(comfy_env.MODELS_DIR_ENV, str(tmp_path))
     for folder in ("diffusion_models", "vae", "mmaudio"):

@@ -12,12 +12,9 @@ import pytest
 import torch
 from media_fixtures import make_video
 
-from instructav2av import pipeline
-from instructav2av.media import ClipSpec, MediaError, load_clip, read_clip
-from instructav2av.models.configs import get_preset, with_overrides
-from instructav2av.models.demo_codecs import DemoAudioCodec, DemoVideoCodec
-from instructav2av.models.dit import AVEditorDiT
-from instructav2av.pipeline import (
+from instructav2av.demo.codecs import DemoAudioCodec, DemoVideoCodec
+from instructav2av.editing import bundle as pipeline
+from instructav2av.editing.bundle import (
     EditCancelled,
     EditorBundle,
     decode_latents,
@@ -28,6 +25,9 @@ from instructav2av.pipeline import (
     prepare_source,
     register_bundle_loader,
 )
+from instructav2av.media import ClipSpec, MediaError, load_clip, read_clip
+from instructav2av.models.configs import get_preset, with_overrides
+from instructav2av.models.dit import AVEditorDiT
 from instructav2av.samplers import EditGuidance
 
 AUDIO_HOP = 250  # the demo audio codec: 250 channels, 64 latents/s at 16 kHz
@@ -52,7 +52,7 @@ def sentencepiece_model() -> bytes:
 
 def tiny_text_encoder(d_model: int = 32, seed: int = 0):
     """The project's umT5 TextEncoder at a tiny width, with the tokenizer above."""
-    from instructav2av.models.text_encoder import TextEncoder, Tokenizer, build_umt5
+    from instructav2av.models.codecs.text_encoder import TextEncoder, Tokenizer, build_umt5
 
     torch.manual_seed(seed)
     model = build_umt5(dict(vocab_size=64, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_heads=4, num_layers=2,
@@ -289,8 +289,8 @@ def test_load_bundle_from_files(tmp_path, source):
     real loaders, plus an in-memory audio codec."""
     from safetensors.torch import save_file
 
-    from instructav2av.models.checkpoint import save_editor
-    from instructav2av.models.video_vae import TINY_VAE_CONFIG, build_video_vae, diffusers_key_to_wan22
+    from instructav2av.models.codecs.video_vae import TINY_VAE_CONFIG, build_video_vae, diffusers_key_to_wan22
+    from instructav2av.weights.dit import save_editor
 
     config = dataclasses.replace(tiny_config(), area=64 * 64)
     save_editor(AVEditorDiT(config, editor=True), tmp_path / "editor.safetensors", origin="test")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from instructav2av.training.synthetic import (
+from instructav2av.data.synthetic import (
     DEFAULT_SOUND,
     EDIT_TYPES,
     HELD_OUT_START,

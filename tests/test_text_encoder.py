@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from instructav2av.models.text_encoder import (
+from instructav2av.models.codecs.text_encoder import (
     TEXT_LEN,
     build_umt5,
     clean_text,

@@ -10,8 +10,8 @@ from instructav2av.cli import main as cli_main
 
 def _no_loading(monkeypatch):
     """Make any model or dataset loading fail loudly: the checks under test must come first."""
-    from instructav2av import pipeline
-    from instructav2av.training import train_cli
+    from instructav2av.cli import train as train_cli
+    from instructav2av.editing import bundle as pipeline
 
     def boom(*args, **kwargs):
         raise AssertionError("loaded something before the config check")

@@ -13,11 +13,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from instructav2av.data.pairs import InMemoryLatents, LatentItem
 from instructav2av.models.configs import get_preset
 from instructav2av.models.dit import AVEditorDiT
 from instructav2av.training import trainer as trainer_module
 from instructav2av.training.config import TrainConfig
-from instructav2av.training.dataset import InMemoryLatents, LatentItem
 from instructav2av.training.trainer import Trainer, dropout_flags, sample_generator, sample_sigma
 
 PRESET = get_preset("tiny")  # dim 64, 2 layers, text_dim 32

@@ -16,7 +16,7 @@ import torch
 from diffusers import AutoencoderKLWan
 from safetensors.torch import save_file
 
-from instructav2av.models.video_vae import (
+from instructav2av.models.codecs.video_vae import (
     TINY_VAE_CONFIG,
     WAN22_LATENTS_MEAN,
     WAN22_LATENTS_STD,

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from instructav2av import NODE_CLASS_MAPPINGS, pipeline
+from instructav2av import NODE_CLASS_MAPPINGS
+from instructav2av.editing import bundle as pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / "workflows"

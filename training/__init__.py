@@ -1,1 +1,1 @@
-"""Datasets, latent cache, adapters, the two-stage trainer, synthetic data and evaluation metrics."""
+"""The two-stage trainer and its configuration (data in ``data/``, adapter files in ``weights/``)."""

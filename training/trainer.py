@@ -40,11 +40,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.checkpoint_io import CheckpointFile, atomic_write, write_safetensors
-from .adapters import apply_lora, base_fingerprint, configure_trainable, load_adapters, save_adapter
-from .cache import Codecs
+from ..data.cache import Codecs
+from ..data.pairs import LatentData, LatentItem
+from ..weights.adapters import apply_lora, base_fingerprint, configure_trainable, load_adapters, save_adapter
+from ..weights.io import CheckpointFile, atomic_write, write_safetensors
 from .config import TrainConfig
-from .dataset import LatentData, LatentItem
 
 logger = logging.getLogger(__name__)
 
@@ -683,7 +683,7 @@ class Trainer:
             n += 1
         if c.adapter == "lora":
             return save_adapter(self.model, path, c, steps=self.step, base=self.base)
-        from ..models.checkpoint import save_editor
+        from ..weights.dit import save_editor
 
         return save_editor(model, path, origin=f"full fine-tune, stage {c.stage}, {self.step} steps",
                            extra_metadata={"stage": c.stage, "steps": str(self.step), "base_hash": self.base[0]})

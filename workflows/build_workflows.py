@@ -134,7 +134,7 @@ OVI_SAMPLING = {"steps": 50, "shift": 5.0, "solver": "unipc", "video_instruction
 
 def demo_sampling() -> dict:
     """The demo bundle's own sampling settings (its recipe.json, chosen on held-out cases)."""
-    from instructav2av.training import demo
+    from instructav2av.demo import recipe as demo
 
     sampling = demo.DEFAULT_SAMPLING
     recipe = demo.ASSETS / demo.RECIPE_FILE

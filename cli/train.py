@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .config import TrainConfig, config_fields, config_from_dict, load_train_config
+from ..training.config import TrainConfig, config_fields, config_from_dict, load_train_config
 
 if TYPE_CHECKING:
+    from ..data.pairs import DatasetReport, PairSource
+    from ..editing.bundle import EditorBundle
     from ..models.configs import ModelConfig
-    from ..pipeline import EditorBundle
-    from .dataset import DatasetReport, PairSource
-    from .trainer import ProgressFn, TrainResult
+    from ..training.trainer import ProgressFn, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from .adapters import merge_adapter_file
+    from ..weights.adapters import merge_adapter_file
 
     if len(args.adapters) < 2:
         sys.stderr.write("error: give at least one adapter file and then the output file: BASE ADAPTER... OUT\n")
@@ -93,7 +93,7 @@ def _model_config(config: TrainConfig) -> ModelConfig:
         return get_preset(config.preset)
     if not config.base:
         raise ValueError("no model: set base (an Ovi checkpoint or editor file) or preset (e.g. 'demo')")
-    from ..models.checkpoint import inspect_checkpoint
+    from ..weights.dit import inspect_checkpoint
 
     info = inspect_checkpoint(config.base)
     if info.problem:
@@ -103,7 +103,7 @@ def _model_config(config: TrainConfig) -> ModelConfig:
 
 def check_dataset(config: TrainConfig, model_config: ModelConfig | None = None) -> tuple[PairSource, DatasetReport]:
     """(pairs, report) for ``config.data``: every problem of the dataset, found before any model loads."""
-    from .dataset import ClipWindowing, open_pairs, validate_pairs
+    from ..data.pairs import ClipWindowing, open_pairs, validate_pairs
 
     if not config.data:
         raise ValueError("no training data: set data (a folder of NAME/{source.mp4,target.mp4,instruction.txt} or "
@@ -120,14 +120,14 @@ def run_training(config: TrainConfig, bundle: EditorBundle | None = None, *, pro
     """Everything ``instructav2av train`` does after parsing: validate the data (raises with the full
     report), load the model and codecs (``bundle``: a ``pipeline.EditorBundle`` to use instead),
     build the latent cache, train. Returns the :class:`~.trainer.TrainResult`."""
-    from .cache import Codecs, LatentCache
-    from .trainer import Trainer, init_distributed
+    from ..data.cache import Codecs, LatentCache
+    from ..training.trainer import Trainer, init_distributed
 
     rank, world = init_distributed()
     pairs, report = check_dataset(config, bundle.config if bundle is not None else None)
     report.raise_if_problems()
     if bundle is None:
-        from ..pipeline import load_bundle
+        from ..editing.bundle import load_bundle
 
         device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else "cpu"
         bundle = load_bundle(model=config.base or None, video_vae=config.video_vae or None,
@@ -146,7 +146,7 @@ def run_training(config: TrainConfig, bundle: EditorBundle | None = None, *, pro
     if config.validate_every:
         vdata = data
         if config.validation_data:
-            from .dataset import open_pairs, validate_pairs
+            from ..data.pairs import open_pairs, validate_pairs
 
             vpairs = open_pairs(config.validation_data, pairs.windowing)
             validate_pairs(vpairs).raise_if_problems()

@@ -35,12 +35,12 @@ from pathlib import Path
 
 import torch
 
-from ..models.checkpoint_io import CheckpointFile, atomic_write, write_safetensors
+from ..data.pairs import LatentItem
+from ..data.synthetic import HELD_OUT_START, SOUNDS, SynthConfig, fit_demo_codecs, make_sample
 from ..models.configs import ModelConfig, get_preset
-from ..models.demo_codecs import DemoAudioCodec, DemoVideoCodec
-from ..models.demo_text import DemoTextEncoder, build_vocabulary
-from .dataset import LatentItem
-from .synthetic import HELD_OUT_START, SOUNDS, SynthConfig, fit_demo_codecs, make_sample
+from ..weights.io import CheckpointFile, atomic_write, write_safetensors
+from .codecs import DemoAudioCodec, DemoVideoCodec
+from .text import DemoTextEncoder, build_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ PINNED_GATE_BIAS = 1.0e4
 
 def demo_vocabulary() -> list[str]:
     """Every word the synthetic instructions can use: the templates' words and every filler."""
-    from .synthetic import _TEMPLATES, DEFAULT_SOUND, PALETTE  # the templates are the domain's own
+    from ..data.synthetic import _TEMPLATES, DEFAULT_SOUND, PALETTE  # the templates are the domain's own
 
     texts = [re.sub(r"\{[^}]*\}", " ", t) for ts in _TEMPLATES.values() for t in ts]
     texts += [*DEFAULT_SOUND, *PALETTE] + [f"{s.name} {s.verb_s} {s.gerund}" for s in SOUNDS.values()]
@@ -194,7 +194,7 @@ class DemoRecipe:
                                    warmup_steps=round(self.warmup_steps * min(1.0, factor)))
 
     def train_config(self, stage: str, steps: int, output_dir: Path, index: int):
-        from .config import TrainConfig
+        from ..training.config import TrainConfig
 
         return TrainConfig(
             stage=stage, adapter="full", new_params_lr_scale=1.0, learning_rate=self.learning_rate,
@@ -258,9 +258,9 @@ def _train_stages(recipe: DemoRecipe, config: ModelConfig, work: Path, data: Syn
 
     Returns the last stage's editor file, seconds per stage and the last loss per stage.
     """
-    from ..models.checkpoint import load_model
     from ..models.dit import AVEditorDiT
-    from .trainer import Trainer
+    from ..training.trainer import Trainer
+    from ..weights.dit import load_model
 
     previous = work
     seconds: dict[str, float] = {}
@@ -312,7 +312,7 @@ def train_demo(
     ``overwrite``.
     """
     from ..models.attention import get_attention_backend, set_attention_backend
-    from ..models.checkpoint import load_model, save_editor
+    from ..weights.dit import load_model, save_editor
 
     out = Path(out)
     config = config or get_preset(PRESET)
@@ -408,13 +408,13 @@ def _bundle_folder(model: str | Path | None) -> tuple[Path, Path]:
 
 def load_demo_bundle(*, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
                      model: str | Path | None = None, **files):
-    """The demo :class:`~instructav2av.pipeline.EditorBundle` (registered as ``load_bundle(preset="demo")``).
+    """The demo :class:`~instructav2av.editing.bundle.EditorBundle` (registered as ``load_bundle(preset="demo")``).
 
     ``model``: another demo bundle folder or editor file (e.g. an ablation run); default the
     shipped ``assets/demo``. The codecs and vocabulary come from the editor file's folder.
     """
-    from ..models.checkpoint import load_model
-    from ..pipeline import EditDefaults, EditorBundle
+    from ..editing.bundle import EditDefaults, EditorBundle
+    from ..weights.dit import load_model
 
     given = sorted(k for k, v in files.items() if v is not None)
     if given:
@@ -437,7 +437,7 @@ def load_demo_bundle(*, device: str | torch.device = "cpu", dtype: torch.dtype =
 
 
 def _register() -> None:
-    from ..pipeline import register_bundle_loader
+    from ..editing.bundle import register_bundle_loader
 
     register_bundle_loader(PRESET, load_demo_bundle)
 
@@ -507,7 +507,7 @@ def demo_clip_sample(folder: str | Path = ASSETS):
 def edit_samples(bundle, samples, *, seed: int = 0, steps: int | None = None, shift: float | None = None,
                  solver: str | None = None, guidance=None, batch_size: int = 8):
     """Edit synthetic samples in batches with ``bundle``; returns ``[(video [3,T,H,W], audio [N])]``."""
-    from ..pipeline import decode_latents
+    from ..editing.bundle import decode_latents
     from ..samplers import sample
 
     d = bundle.defaults
@@ -537,7 +537,7 @@ def evaluate_heldout(bundle, count: int, *, data_seed: int = 0, start: int = 0, 
 
     Returns ``(summary, per-sample results)`` (:func:`.metrics.evaluate_synthetic`, :func:`.metrics.summarize`).
     """
-    from .metrics import evaluate_synthetic, summarize
+    from ..evaluation.metrics import evaluate_synthetic, summarize
 
     if count < 1:
         raise ValueError(f"count={count}; expected at least one held-out case")

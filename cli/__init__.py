@@ -1,6 +1,6 @@
 """The ``instructav2av`` command line.
 
-Each sub-command lives next to the code it drives and exposes ``register(subparsers)``;
+Each sub-command is a module of this package exposing ``register(subparsers)``;
 this file only lists them, so ``instructav2av --help`` stays fast (modules load lazily).
 """
 
@@ -13,14 +13,14 @@ import sys
 
 # name -> (module relative to this package, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "info": (".models.checkpoint_cli", "print what a checkpoint file is"),
-    "convert": (".models.checkpoint_cli", "convert an Ovi checkpoint into an editor file"),
-    "edit": (".edit_cli", "edit a video and its soundtrack from a text instruction"),
-    "train": (".training.train_cli", "train the editor (stage video, audio or joint) from a TOML config"),
-    "merge-adapter": (".training.train_cli", "merge adapter file(s) into base weights: BASE ADAPTER... OUT"),
-    "evaluate": (".training.evaluate", "score an edited clip against its source (SSIM, log-mel, AV offset)"),
-    "demo": (".demo_cli", "edit the bundled demo clip with the embedded demo model (or --eval N held-out cases)"),
-    "demo-train": (".demo_cli", "train the embedded demo model (reproduces assets/demo; ablation variants)"),
+    "info": (".weights", "print what a checkpoint file is"),
+    "convert": (".weights", "convert an Ovi checkpoint into an editor file"),
+    "edit": (".edit", "edit a video and its soundtrack from a text instruction"),
+    "train": (".train", "train the editor (stage video, audio or joint) from a TOML config"),
+    "merge-adapter": (".train", "merge adapter file(s) into base weights: BASE ADAPTER... OUT"),
+    "evaluate": ("..evaluation.compare", "score an edited clip against its source (SSIM, log-mel, AV offset)"),
+    "demo": (".demo", "edit the bundled demo clip with the embedded demo model (or --eval N held-out cases)"),
+    "demo-train": (".demo", "train the embedded demo model (reproduces assets/demo; ablation variants)"),
 }
 
 
@@ -31,7 +31,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     wanted = next((a for a in (argv or []) if not a.startswith("-")), None)
     for name, (module, help_text) in SUBCOMMANDS.items():
         if wanted is None or wanted == name:
-            mod = importlib.import_module(module, package=__package__ or "instructav2av")
+            mod = importlib.import_module(module, package=__package__ or "instructav2av.cli")
             mod.register(sub.add_parser(name, help=help_text))
         else:
             sub.add_parser(name, help=help_text, add_help=False)

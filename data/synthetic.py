@@ -610,7 +610,7 @@ def fit_demo_codecs(config: SynthConfig | None = None, num_clips: int = 64, seed
 
     Both source and target clips are used. Deterministic for fixed arguments.
     """
-    from ..models.demo_codecs import DemoAudioCodec, DemoVideoCodec
+    from ..demo.codecs import DemoAudioCodec, DemoVideoCodec
 
     cfg = config or SynthConfig()
     samples = [make_sample(i, seed=seed, config=cfg) for i in range(num_clips)]

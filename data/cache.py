@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from ..models.checkpoint_io import CheckpointError, CheckpointFile, atomic_write, write_safetensors
-from .dataset import DatasetReport, InMemoryLatents, LatentItem, PairItem, PairSource, Problem
+from ..weights.io import CheckpointError, CheckpointFile, atomic_write, write_safetensors
+from .pairs import DatasetReport, InMemoryLatents, LatentItem, PairItem, PairSource, Problem
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ tokenizer, and gigabytes of weights that the demo (DESIGN.md §5: a few MB in th
 trained in under an hour on a CPU) cannot ship. The demo's instructions come from a few dozen
 English templates over a closed set of words (``training.synthetic``), so a closed vocabulary
 suffices: every word is a token, and the encoder implements the same
-:class:`~instructav2av.pipeline.InstructionEncoder` protocol as umT5 (``encode(list[str]) ->
+:class:`~instructav2av.editing.bundle.InstructionEncoder` protocol as umT5 (``encode(list[str]) ->
 list[[T_i, text_dim]]``, trimmed to the real length, the empty prompt giving one ``<eos>`` token
 as umT5 does).
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_io import atomic_write
+from ..weights.io import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.checkpoint_io import CheckpointFile, atomic_write, write_safetensors
 from ..models.configs import ModelConfig
-from .config import TrainConfig
+from ..training.config import TrainConfig
+from .io import CheckpointFile, atomic_write, write_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -505,7 +505,7 @@ def merge_adapter_file(
     overwrite: bool = False,
 ) -> Path:
     """Base checkpoint (Ovi or editor file) + adapter file(s) -> a full editor file at ``out``."""
-    from ..models.checkpoint import load_model, save_editor
+    from .dit import load_model, save_editor
 
     out = Path(out)
     if out.exists() and not overwrite:

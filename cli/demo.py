@@ -78,16 +78,16 @@ def _register_demo(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .pipeline import load_bundle
+    from ..editing.bundle import load_bundle
 
     _threads(args.threads)
     if args.eval is not None:
         return _evaluate(args)
     if args.model and len(args.model) > 1:
         raise ValueError("several --model bundles only make sense with --eval N (a comparison table)")
-    from .pipeline import edit, prepare_source
-    from .training.demo import ASSETS, CLIP_FILE, INSTRUCTION_FILE, demo_clip_sample
-    from .training.metrics import evaluate_synthetic, format_score, psnr
+    from ..demo.recipe import ASSETS, CLIP_FILE, INSTRUCTION_FILE, demo_clip_sample
+    from ..editing.bundle import edit, prepare_source
+    from ..evaluation.metrics import evaluate_synthetic, format_score, psnr
 
     folder = Path(args.clip) if args.clip else ASSETS
     clip = folder / CLIP_FILE
@@ -122,9 +122,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .pipeline import load_bundle
-    from .training.demo import evaluate_heldout
-    from .training.metrics import format_score, summarize
+    from ..demo.recipe import evaluate_heldout
+    from ..editing.bundle import load_bundle
+    from ..evaluation.metrics import format_score, summarize
 
     models = args.model or [None]
     rows = []
@@ -162,7 +162,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _register_train(parser: argparse.ArgumentParser) -> None:
-    from .training.demo import VARIANTS, DemoRecipe
+    from ..demo.recipe import VARIANTS, DemoRecipe
 
     parser.description = ("Train the embedded demo model from scratch with the project's trainer (stage video, "
                           "stage audio, then joint) and write a demo bundle; the defaults reproduce assets/demo.")
@@ -186,7 +186,7 @@ def _register_train(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .training.demo import DemoRecipe, train_demo, write_demo_clip
+    from ..demo.recipe import DemoRecipe, train_demo, write_demo_clip
 
     _threads(args.threads)
     out = Path(args.out)

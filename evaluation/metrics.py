@@ -37,7 +37,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .synthetic import PALETTE, SOUNDS, SynthSample
+from ..data.synthetic import PALETTE, SOUNDS, SynthSample
 
 # ---------------------------------------------------------------------------------------------
 # images

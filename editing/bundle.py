@@ -32,10 +32,10 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .media import Clip, ClipSpec, ConformedClip, MediaError, conform, load_clip, write_clip
-from .media.video_write import _check_output_path
-from .models.configs import ModelConfig, get_preset
-from .samplers import (
+from ..media import Clip, ClipSpec, ConformedClip, MediaError, conform, load_clip, write_clip
+from ..media.video_write import _check_output_path
+from ..models.configs import ModelConfig, get_preset
+from ..samplers import (
     DEFAULT_SHIFT,
     DEFAULT_SOLVER,
     DEFAULT_STEPS,
@@ -176,7 +176,7 @@ BundleLoader = Callable[..., EditorBundle]
 _LOADERS: dict[str, BundleLoader] = {}
 # Named bundles whose loader lives in a module imported only when the name is asked for; the module
 # registers itself with register_bundle_loader() at import.
-_PROVIDERS: dict[str, str] = {"demo": ".training.demo"}
+_PROVIDERS: dict[str, str] = {"demo": "..demo.recipe"}
 
 
 def register_bundle_loader(name: str, loader: BundleLoader) -> None:
@@ -199,7 +199,7 @@ def bundle_loaders() -> list[str]:
 def _named_loader(name: str) -> BundleLoader | None:
     if name not in _LOADERS and name in _PROVIDERS:
         try:
-            importlib.import_module(_PROVIDERS[name], package=__package__ or "instructav2av")
+            importlib.import_module(_PROVIDERS[name], package=__package__ or "instructav2av.editing")
         except ImportError as exc:
             raise RuntimeError(f"the {name!r} bundle is not available: importing {_PROVIDERS[name]} failed ({exc})") from exc
         if name not in _LOADERS:
@@ -295,7 +295,7 @@ def apply_adapters(model: torch.nn.Module, adapters: Sequence[PathLike | tuple[P
     against the unmodified base (merging one changes the weights the next would be checked on)."""
     specs = _adapter_specs(adapters)
     if specs:
-        from .training.adapters import load_adapters
+        from ..weights.adapters import load_adapters
 
         load_adapters(model, specs)
 
@@ -364,7 +364,7 @@ def load_bundle(
     t0 = time.perf_counter()
     acodec = found["audio_vae"]
     if isinstance(acodec, Path):
-        from .models.audio_vae import load_audio_vae
+        from ..models.codecs.audio_vae import load_audio_vae
 
         voc = found.get("vocoder")
         try:
@@ -378,11 +378,11 @@ def load_bundle(
             raise _missing_error({"vocoder": f"{found['audio_vae']} holds no vocoder, and none was found"}, preset)
     vcodec = found["video_vae"]
     if isinstance(vcodec, Path):
-        from .models.video_vae import load_video_vae
+        from ..models.codecs.video_vae import load_video_vae
 
         vcodec = load_video_vae(vcodec, dtype=vae_dtype, device=device)
     if isinstance(found["model"], Path):
-        from .models.checkpoint import load_model
+        from ..weights.dit import load_model
 
         dit, info = load_model(found["model"], preset=preset, editor=True, dtype=dtype, device=device)
         if not info.editor and not adapters:
@@ -398,7 +398,7 @@ def load_bundle(
     apply_adapters(dit, adapters)
     encoder = found["text_encoder"]
     if isinstance(encoder, Path):
-        from .models.text_encoder import load_text_encoder
+        from ..models.codecs.text_encoder import load_text_encoder
 
         encoder = load_text_encoder(encoder, dtype=dtype, device=device,
                                     tokenizer_path=Path(tokenizer).expanduser() if tokenizer is not None else None)

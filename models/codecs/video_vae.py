@@ -487,7 +487,7 @@ def _strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _describe_foreign(sd: Mapping[str, torch.Tensor]) -> str:
     try:
-        from .checkpoint_kinds import detect_layout
+        from ...weights.kinds import detect_layout
 
         layout = detect_layout({k: tuple(v.shape) for k, v in sd.items()})
         if layout.kind not in ("unknown", "vae"):

@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, CheckpointFile
-from .checkpoint_kinds import detect_layout
+from ...weights.dit import CheckpointError, CheckpointFile
+from ...weights.kinds import detect_layout
 from .mel import HOP_LENGTH, SAMPLE_RATE, LogMelSpectrogram
 from .vocoder import BIGVGAN_V1_16K, BigVGAN, BigVGANConfig, fold_weight_norm
 

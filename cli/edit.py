@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write("\ncancelled; nothing was written\n")
         return 130
     except (OSError, ValueError, TypeError, RuntimeError) as exc:
-        from .pipeline import EditCancelled
+        from ..editing.bundle import EditCancelled
 
         if isinstance(exc, EditCancelled):
             sys.stderr.write(f"{exc}; nothing was written\n")
@@ -168,9 +168,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from .media.video_write import _check_output_path
-    from .pipeline import check_instruction, edit, load_bundle
-    from .samplers import EditGuidance
+    from ..editing.bundle import check_instruction, edit, load_bundle
+    from ..media.video_write import _check_output_path
+    from ..samplers import EditGuidance
 
     # Cheap checks first: a typo must not cost minutes of model loading.
     instruction = check_instruction(args.instruction)

@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from .checkpoint import CheckpointInfo, convert_ovi_to_editor, inspect_checkpoint
-from .configs import PRESETS
+from ..models.configs import PRESETS
+from ..weights.dit import CheckpointInfo, convert_ovi_to_editor, inspect_checkpoint
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -33,7 +33,8 @@ from types import MappingProxyType
 
 import torch
 
-from .checkpoint_io import (
+from ..models.configs import PRESETS, ModelConfig, get_preset
+from .io import (
     EXPECTED_DTYPES,
     SHORT_DTYPE_NAMES,
     CheckpointError,
@@ -41,8 +42,7 @@ from .checkpoint_io import (
     atomic_write,
     write_safetensors,
 )
-from .checkpoint_kinds import Layout, detect_layout
-from .configs import PRESETS, ModelConfig, get_preset
+from .kinds import Layout, detect_layout
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def _wrong_kind_message(path: Path, layout: Layout, shapes: Mapping[str, tuple[i
 
 
 def _build(config: ModelConfig, editor: bool, ops: object | None) -> torch.nn.Module:
-    from .dit import AVEditorDiT  # here, so that `info` never imports the model code
+    from ..models.dit import AVEditorDiT  # here, so that `info` never imports the model code
 
     with torch.device("meta"):
         return AVEditorDiT(config, editor=editor, ops=ops)
@@ -296,7 +296,7 @@ def load_model(
     ``torch.float8_e4m3fn`` from a bf16 file). Without them fp8 tensors are upcast to ``dtype``.
     ``strict=False`` ignores unexpected keys; missing or wrongly shaped keys always fail.
     """
-    from .ops import get_ops, torch_ops
+    from ..models.ops import get_ops, torch_ops
 
     if dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise ValueError(f"dtype must be torch.bfloat16, float16 or float32 (fp8 storage: ops='cast' or "
@@ -340,7 +340,7 @@ def load_model(
             return ckpt.read(prefix + key, target(key, ckpt.stored_dtype(prefix + key)), device)
 
         if want_editor and not info.editor:
-            from .dit import editor_state_dict_from_base
+            from ..models.dit import editor_state_dict_from_base
 
             # base keys keep their names (the patch embeddings only widen), so `target` applies to both
             state = editor_state_dict_from_base({key: read(key) for key in needed}, info.config)

@@ -219,7 +219,7 @@ def _read_weights(files: list[Path], dtype: torch.dtype, where: Path) -> _Weight
 
 def _describe_foreign(sd: Mapping[str, torch.Tensor]) -> str:
     try:
-        from .checkpoint_kinds import detect_layout
+        from ...weights.kinds import detect_layout
 
         layout = detect_layout({k: tuple(v.shape) for k, v in sd.items()})
         if layout.kind not in ("unknown", "text-encoder"):

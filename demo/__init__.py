@@ -1,0 +1,1 @@
+"""The embedded demo: its tiny codecs and word-level text encoder, its recipe, bundle and held-out scoring."""
