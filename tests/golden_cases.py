@@ -221,7 +221,7 @@ def reference_dit() -> tuple[dict[str, torch.Tensor], dict]:
 def reference_wan_vae() -> tuple[dict[str, torch.Tensor], dict]:
     from reference_code import load_wan_vae_module
 
-    from instructav2av.models.video_vae import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
+    from instructav2av.models.codecs.video_vae import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
 
     wan = load_wan_vae_module()
     ref = wan.WanVAE_(**WAN_VAE_KWARGS).eval()

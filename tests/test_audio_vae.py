@@ -11,7 +11,6 @@ import importlib
 import logging
 import math
 import os
-import sys
 import types
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_code import bigvgan_v1_hparams, load_mmaudio_modules, mmaudio_skip_reason
 from safetensors.torch import save_file
 from torch import nn
 
@@ -489,42 +489,6 @@ def test_mel_statistics_default_when_absent(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def _package(name: str, path: Path) -> None:
-    """Register ``name`` as a package at ``path`` without running its ``__init__`` (keeps imports minimal)."""
-    if name not in sys.modules:
-        mod = types.ModuleType(name)
-        mod.__path__ = [str(path)]
-        sys.modules[name] = mod
-
-
-def _mmaudio_reference(root: Path):
-    """(vae module, BigVGAN v1 module, mel module) from an MMAudio or an Ovi checkout."""
-    if (root / "mmaudio" / "ext").is_dir():  # hkchengrex/MMAudio: absolute imports under mmaudio.*
-        for sub in ("", "ext", "ext/autoencoder", "ext/bigvgan", "model", "model/utils"):
-            _package(".".join(["mmaudio", *filter(None, sub.split("/"))]), root / "mmaudio" / sub)
-        prefix = "mmaudio.ext"
-    else:  # character-ai/Ovi: relative imports under ovi/modules/mmaudio/ext
-        ext = root / "ovi" / "modules" / "mmaudio" / "ext"
-        if not ext.is_dir():
-            pytest.fail(f"MMAUDIO_PATH={root} holds neither mmaudio/ext (MMAudio) nor ovi/modules/mmaudio/ext (Ovi)")
-        for sub in ("", "autoencoder", "bigvgan"):
-            _package(".".join(["_ovi_mmaudio_ext", *filter(None, [sub])]), ext / sub)
-        prefix = "_ovi_mmaudio_ext"
-    vae = importlib.import_module(prefix + ".autoencoder.vae")
-    voc = importlib.import_module(prefix + ".bigvgan.models")
-    try:
-        mel = importlib.import_module(prefix + ".mel_converter")
-    except ImportError:  # needs librosa
-        mel = None
-    return vae, voc, mel
-
-
-def _vocoder_hparams(channels: int) -> dict:
-    return dict(resblock="1", num_mels=80, upsample_rates=[4, 4, 2, 2, 2, 2], upsample_kernel_sizes=[8, 8, 4, 4, 4, 4],
-                upsample_initial_channel=channels, resblock_kernel_sizes=[3, 7, 11],
-                resblock_dilation_sizes=[[1, 3, 5]] * 3, activation="snakebeta", snake_logscale=True)
-
-
 def _randomise_vocoder(model: nn.Module) -> None:
     torch.manual_seed(1)
     with torch.no_grad():
@@ -537,10 +501,11 @@ def _randomise_vocoder(model: nn.Module) -> None:
                 p.copy_(0.01 * torch.randn_like(p))
 
 
-@pytest.mark.skipif(not os.environ.get("MMAUDIO_PATH"), reason="set MMAUDIO_PATH to an MMAudio or Ovi checkout")
+@pytest.mark.skipif(mmaudio_skip_reason() is not None, reason=mmaudio_skip_reason() or "")
 def test_parity_with_mmaudio_reference(tmp_path):
     pytest.importorskip("einops", reason="the reference VAE imports einops")
-    vae_mod, voc_mod, mel_mod = _mmaudio_reference(Path(os.environ["MMAUDIO_PATH"]))
+    ref = load_mmaudio_modules()
+    vae_mod, voc_mod, mel_mod = ref.vae, ref.vocoder, ref.mel
     # AUDIO_PARITY_FULL=1: the real sizes (minutes on a 2-core CPU); default: small widths, same structure
     full = os.environ.get("AUDIO_PARITY_FULL") == "1"
     hidden, channels, frames = (384, 1536, 63) if full else (32, 64, 40)
@@ -549,7 +514,7 @@ def test_parity_with_mmaudio_reference(tmp_path):
     with torch.no_grad():
         ref_vae.encoder.learnable_gain.fill_(0.3)
         ref_vae.decoder.learnable_gain.fill_(-0.2)
-    ref_voc = voc_mod.BigVGANVocoder(types.SimpleNamespace(**_vocoder_hparams(channels))).eval()
+    ref_voc = voc_mod.BigVGANVocoder(types.SimpleNamespace(**bigvgan_v1_hparams(channels))).eval()
     _randomise_vocoder(ref_voc)
     # the reference files, written as the reference classes save them
     torch.save(ref_vae.state_dict(), tmp_path / "v1-16.pth")
@@ -585,7 +550,7 @@ def test_parity_with_nvidia_bigvgan(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(os.environ["BIGVGAN_PATH"])
     bigvgan = importlib.import_module("bigvgan")
     channels = 64
-    ref = bigvgan.BigVGAN(bigvgan.AttrDict(_vocoder_hparams(channels)), use_cuda_kernel=False).eval()
+    ref = bigvgan.BigVGAN(bigvgan.AttrDict(bigvgan_v1_hparams(channels)), use_cuda_kernel=False).eval()
     _randomise_vocoder(ref)
     torch.save({"generator": ref.state_dict()}, tmp_path / "best_netG.pt")  # weight_g / weight_v keys
     ours = load_audio_vae(raw_vae_path(tmp_path), tmp_path / "best_netG.pt", vae_config=TINY_VAE,

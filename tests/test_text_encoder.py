@@ -7,16 +7,15 @@ All models are tiny (2 layers, width 32) and written by the tests in each real k
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 import logging
 import os
-import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
+from reference_code import load_wan_t5_module, wan_skip_reason
 from safetensors.torch import save_file
 
 from instructav2av.models.codecs.text_encoder import (
@@ -288,33 +287,13 @@ def test_encode_rejects_non_text(files):
 
 
 # --------------------------------------------------------------------------------------------
-# Parity with Wan's own T5 encoder as Ovi ships it (OVI_PATH=/path/to/Ovi checkout)
+# Parity with Wan's own T5 encoder (WAN_PATH=Wan2.2 checkout, or OVI_PATH=Ovi's copy)
 # --------------------------------------------------------------------------------------------
 
 
-def _import_ovi_t5(ovi_path: Path):
-    # ovi/modules/t5.py imports its tokenizer module (ftfy) and calls torch.cuda.current_device()
-    # in a default argument; neither is needed to run the encoder network.
-    pkg = types.ModuleType("_ovi_ref_modules")
-    pkg.__path__ = [str(ovi_path / "ovi" / "modules")]
-    stub = types.ModuleType("_ovi_ref_modules.tokenizers")
-    stub.HuggingfaceTokenizer = object
-    sys.modules.setdefault("_ovi_ref_modules", pkg)
-    sys.modules.setdefault("_ovi_ref_modules.tokenizers", stub)
-    spec = importlib.util.spec_from_file_location("_ovi_ref_modules.t5", ovi_path / "ovi" / "modules" / "t5.py")
-    module = importlib.util.module_from_spec(spec)
-    real = torch.cuda.current_device
-    torch.cuda.current_device = lambda: "cpu"
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        torch.cuda.current_device = real
-    return module
-
-
-@pytest.mark.skipif(not os.environ.get("OVI_PATH"), reason="set OVI_PATH to a character-ai/Ovi checkout")
-def test_parity_with_ovi_t5(tmp_path, files):
-    t5 = _import_ovi_t5(Path(os.environ["OVI_PATH"]))
+@pytest.mark.skipif(wan_skip_reason() is not None, reason=wan_skip_reason() or "")
+def test_parity_with_wan_t5(tmp_path, files):
+    t5 = load_wan_t5_module()
     torch.manual_seed(1)
     wan = t5.T5Encoder(vocab=64, dim=32, dim_attn=32, dim_ffn=48, num_heads=4, num_layers=2, num_buckets=32,
                        shared_pos=False, dropout=0.0).eval()

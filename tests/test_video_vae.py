@@ -7,13 +7,10 @@ every test in seconds.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from pathlib import Path
-
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
+from reference_code import load_wan_vae_module, wan_skip_reason
 from safetensors.torch import save_file
 
 from instructav2av.models.codecs.video_vae import (
@@ -291,17 +288,14 @@ def test_memory_estimate_tracks_tile_size_not_length():
 
 
 # --------------------------------------------------------------------------------------------
-# Parity with Ovi's Wan2.2 VAE (OVI_PATH=/path/to/Ovi checkout; needs einops)
+# Parity with Wan's own Wan2.2 VAE (WAN_PATH=Wan2.2 checkout, or OVI_PATH=Ovi's copy; needs einops)
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not os.environ.get("OVI_PATH"), reason="set OVI_PATH to a character-ai/Ovi checkout")
-def test_parity_with_ovi_vae(tmp_path):
-    pytest.importorskip("einops", reason="Ovi's vae2_2.py needs einops")
-    path = Path(os.environ["OVI_PATH"]) / "ovi" / "modules" / "vae2_2.py"
-    spec = importlib.util.spec_from_file_location("_ovi_vae2_2", path)
-    ovi = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ovi)
+@pytest.mark.skipif(wan_skip_reason() is not None, reason=wan_skip_reason() or "")
+def test_parity_with_wan_vae(tmp_path):
+    pytest.importorskip("einops", reason="Wan's vae2_2.py needs einops")
+    ovi = load_wan_vae_module()
 
     torch.manual_seed(1234)
     ref = ovi.WanVAE_(dim=16, dec_dim=24, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
