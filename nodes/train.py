@@ -232,7 +232,8 @@ class Train:
               base_precision="bf16"):
         from ..data.cache import Codecs, LatentCache
         from ..training.config import config_from_dict
-        from ..training.trainer import Trainer, plot_loss
+        from ..training.logs import plot_loss
+        from ..training.trainer import Trainer
         from ..weights.dit import load_model
 
         run_name = (run_name or "").strip()

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from instructav2av.data.pairs import InMemoryLatents, LatentItem
 from instructav2av.models.configs import get_preset
 from instructav2av.models.dit import AVEditorDiT
-from instructav2av.training import trainer as trainer_module
+from instructav2av.training import checkpointing
 from instructav2av.training.config import TrainConfig
 from instructav2av.training.trainer import Trainer, dropout_flags, sample_generator, sample_sigma
 
@@ -218,13 +218,13 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkey
     files = {p.name: p.read_bytes() for p in good.iterdir()}
     tr.train_step()
 
-    real = trainer_module.write_safetensors
+    real = checkpointing.write_safetensors
 
     def half_then_enospc(f, tensors, metadata=None):
         real(f, dict(list(tensors.items())[:3]), metadata)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(trainer_module, "write_safetensors", half_then_enospc)
+    monkeypatch.setattr(checkpointing, "write_safetensors", half_then_enospc)
     with pytest.raises(RuntimeError, match=r"step 2 .*disk full.*intact: .*step-0000001"):
         tr.save_checkpoint()
     monkeypatch.undo()

@@ -13,43 +13,48 @@ One optimizer step (``Trainer.train_step``):
    where only that tower runs: the other tower and the cross-modal attention are not executed).
 4. Gradient clipping, AdamW, learning-rate schedule.
 
-Checkpoints (``OUTPUT/checkpoints/step-NNNNNNN/``) hold the trainable parameters, optimizer and
-scheduler state, every process's RNG state and the run's identity (config hash, data and base
-fingerprints); they are written to a temporary folder and renamed into place, so a crash or a
-full disk never damages the previous one. ``resume`` continues bit-identically on the CPU.
+Checkpoints (``OUTPUT/checkpoints/step-NNNNNNN/``, :mod:`.checkpointing`) hold the trainable
+parameters, optimizer and scheduler state, every process's RNG state and the run's identity;
+``resume`` continues bit-identically on the CPU. The loss log and its plot are in :mod:`.logs`,
+process groups and collectives in :mod:`.distributed`, randomness and data order in :mod:`.batches`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import math
 import os
-import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from ..data.cache import Codecs
 from ..data.pairs import LatentData, LatentItem
 from ..weights.adapters import apply_lora, base_fingerprint, configure_trainable, load_adapters, save_adapter
-from ..weights.io import CheckpointFile, atomic_write, write_safetensors
+from . import distributed
+from .batches import BatchPlan, dropout_flags, sample_generator, sample_sigma
+from .checkpointing import (
+    CHECKPOINT_PREFIX,
+    Checkpoints,
+    check_identity,
+    read_trainable,
+    rng_state,
+    set_rng_state,
+)
 from .config import TrainConfig
+from .distributed import init_distributed
+from .logs import LossLog, plot_loss
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, float, float], None]  # (step, total, loss, eta seconds)
-CHECKPOINT_PREFIX = "step-"
 
 
 class TrainingStopped(Exception):
@@ -64,194 +69,6 @@ class TrainResult:
     adapter: Path | None = None  # the final adapter (LoRA) or editor file (full fine-tune)
     checkpoint: Path | None = None
     history: list[dict] = field(default_factory=list)  # one row per step of this session
-
-
-# --------------------------------------------------------------------------------------------
-# randomness and data order
-# --------------------------------------------------------------------------------------------
-
-
-def sample_generator(seed: int, micro_batch: int, position: int) -> torch.Generator:
-    """The generator of one sample: a function of (seed, micro-batch index, position) only."""
-    state = np.random.SeedSequence([seed, micro_batch, position]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def sample_sigma(config: TrainConfig, g: torch.Generator) -> float:
-    """Noise level σ in [min_sigma, max_sigma] (1 = pure noise) for one sample."""
-    if config.timestep_sampling == "logit_normal":
-        s = torch.sigmoid(config.logit_mean + config.logit_std * torch.randn((), generator=g, dtype=torch.float64))
-    else:
-        s = torch.rand((), generator=g, dtype=torch.float64)
-    s = float(s)
-    if config.shift != 1.0:
-        s = config.shift * s / (1 + (config.shift - 1) * s)
-    return config.min_sigma + (config.max_sigma - config.min_sigma) * s
-
-
-def dropout_flags(config: TrainConfig, u: float) -> tuple[bool, bool]:
-    """(drop instruction, drop source) for a uniform draw ``u`` (docs/design-decisions.md table)."""
-    # rounded, so that 0.05 + 0.05 + 0.05 is the table's 0.15 and not 0.15000000000000002
-    a = config.instruction_dropout
-    b = round(a + config.source_dropout, 12)
-    c = round(b + config.joint_dropout, 12)
-    if u < a:
-        return True, False
-    if u < b:
-        return False, True
-    if u < c:
-        return True, True
-    return False, False
-
-
-class BatchPlan:
-    """Which items form global micro-batch ``k``: per epoch, each aspect bucket is shuffled and cut
-    into batches of ``global_batch`` items (a short last batch is filled from the start of its
-    bucket, so no clip is silently dropped), then the batches are shuffled. Deterministic in
-    ``(seed, epoch)``."""
-
-    def __init__(self, data: LatentData, global_batch: int, seed: int):
-        self.global_batch = global_batch
-        self.seed = seed
-        buckets: dict[tuple, list[int]] = {}
-        for i in range(len(data)):
-            buckets.setdefault(data.bucket(i), []).append(i)
-        self.buckets = list(buckets.values())
-        self.batches_per_epoch = sum(math.ceil(len(b) / global_batch) for b in self.buckets)
-        for key, items in buckets.items():
-            if len(items) % global_batch:
-                logger.info("aspect bucket %s: %d clips, not a multiple of the global batch %d; its last batch "
-                            "repeats clips from the same bucket", key, len(items), global_batch)
-        self._epoch = -1
-        self._plan: list[list[int]] = []
-
-    def _epoch_plan(self, epoch: int) -> list[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        batches = []
-        for items in self.buckets:
-            order = [items[j] for j in torch.randperm(len(items), generator=g).tolist()]
-            n = math.ceil(len(order) / self.global_batch) * self.global_batch
-            order = [order[j % len(order)] for j in range(n)]
-            batches += [order[j : j + self.global_batch] for j in range(0, n, self.global_batch)]
-        return [batches[j] for j in torch.randperm(len(batches), generator=g).tolist()]
-
-    def global_batch_at(self, k: int) -> list[int]:
-        epoch, j = divmod(k, self.batches_per_epoch)
-        if epoch != self._epoch:
-            self._plan, self._epoch = self._epoch_plan(epoch), epoch
-        return self._plan[j]
-
-
-# --------------------------------------------------------------------------------------------
-# RNG state (saved per process; restored with weights_only loading)
-# --------------------------------------------------------------------------------------------
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --------------------------------------------------------------------------------------------
-# distributed
-# --------------------------------------------------------------------------------------------
-
-
-def init_distributed() -> tuple[int, int]:
-    """Join the process group that ``torchrun``/``accelerate launch`` describe in the environment.
-
-    Returns ``(rank, world_size)``; a single process (no ``WORLD_SIZE`` > 1) needs no group.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _shard_fsdp(model: nn.Module) -> None:
-    from torch.distributed.fsdp import fully_shard
-
-    # Blocks are driven through attend_self/attend_context_ffn, not forward: shard their layers
-    # (called through __call__, so FSDP's hooks gather them) and leave the rest to the root unit.
-    for tower in (model.video_model, model.audio_model):
-        for block in tower.blocks:
-            for sub in (block.self_attn, block.cross_attn, block.ffn):
-                fully_shard(sub)
-    fully_shard(model)
-
-
-def plot_loss(csv_path: str | os.PathLike, png_path: str | os.PathLike, size: tuple[int, int] = (800, 400)) -> Path | None:
-    """Draw the loss curve of a ``loss.csv`` (raw in grey, a moving average in blue) as a PNG (Pillow)."""
-    try:
-        from PIL import Image, ImageDraw
-    except ImportError:
-        logger.info("no loss plot: Pillow is not installed")
-        return None
-    with open(csv_path, newline="") as f:
-        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f) if r.get("loss")]
-    rows = [(s, v) for s, v in rows if math.isfinite(v)]
-    if len(rows) < 2:
-        return None
-    steps, losses = zip(*rows)
-    window = max(1, len(losses) // 20)
-    smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
-              for i in range(len(losses))]
-    w, h = size
-    left, right, top, bottom = 70, 20, 20, 40
-    lo, hi = min(losses), max(losses)
-    hi = hi if hi > lo else lo + 1e-12
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-
-    def xy(s: int, v: float) -> tuple[float, float]:
-        fx = (s - steps[0]) / max(1, steps[-1] - steps[0])
-        return left + fx * (w - left - right), top + (hi - v) / (hi - lo) * (h - top - bottom)
-
-    d.rectangle([left, top, w - right, h - bottom], outline="black")
-    d.line([xy(s, v) for s, v in zip(steps, losses)], fill=(190, 190, 190), width=1)
-    d.line([xy(s, v) for s, v in zip(steps, smooth)], fill=(30, 80, 200), width=2)
-    d.text((5, top), f"{hi:.4g}", fill="black")
-    d.text((5, h - bottom - 10), f"{lo:.4g}", fill="black")
-    d.text((left, h - bottom + 8), f"step {steps[0]}", fill="black")
-    d.text((w - right - 90, h - bottom + 8), f"step {steps[-1]}", fill="black")
-    d.text((left + 10, top + 5), "training loss", fill="black")
-    png_path = Path(png_path)
-    atomic_write(png_path, lambda f: img.save(f, format="PNG"), overwrite=True)
-    return png_path
-
-
-@dataclass
-class _StateView:
-    """What ``save_editor`` reads of a model, for a state dict gathered from FSDP shards."""
-
-    config: object
-    editor: bool
-    state: dict
-
-    def state_dict(self) -> dict:
-        return self.state
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,7 +119,7 @@ class Trainer:
         self.codecs = codecs
         self.progress = progress
         self.should_stop = should_stop
-        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.rank, self.world = distributed.rank_and_world()
         self.device = next(model.parameters()).device
         self._check_data()
 
@@ -325,16 +142,16 @@ class Trainer:
         if self.fsdp:
             if config.adapter != "full":
                 raise ValueError("distributed='fsdp' is for full fine-tunes; LoRA runs use 'ddp'")
-            _shard_fsdp(model)
+            distributed.shard_fsdp(model)
             self.params = configure_trainable(model, config)  # sharding replaced the Parameter objects
         elif self.world > 1:
-            self.net = nn.parallel.DistributedDataParallel(model, device_ids=None if self.device.type == "cpu"
-                                                           else [self.device])
+            self.net = distributed.wrap_ddp(model, self.device)
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.plan = BatchPlan(data, config.batch_size * self.world, config.seed)
         self.step = 0
-        self._log_path = self.output_dir / "loss.csv"
+        self.checkpoints = Checkpoints(self.output_dir / "checkpoints", config.keep_checkpoints)
+        self.loss_log = LossLog(self.output_dir / "loss.csv", self.rank)
         self._skip_logged = False
         n_train = self.params.count()
         logger.info("stage %s, %s: %s trainable parameters (%s new), %d items, global batch %d x %d accumulation",
@@ -449,14 +266,11 @@ class Trainer:
         trainable = [p for _, p in self.params.all()]
         grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, c.max_grad_norm) if c.max_grad_norm > 0
                      else torch.zeros((), device=self.device))
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
+        grad_norm = distributed.full_tensor(grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        if self.world > 1:
-            dist.all_reduce(totals)
-            totals /= self.world
+        totals = distributed.mean_over_processes(totals, self.world)
         loss, lv, la, gn = (*totals.tolist(), float(grad_norm))
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {self.step}; lower the learning rate or check the data")
@@ -479,7 +293,7 @@ class Trainer:
                 row = self.train_step()
                 row["seconds"] = round(time.perf_counter() - start, 3)
                 history.append(row)
-                self._log(row)
+                self.loss_log.append(row)
                 done = self.step - first_step
                 eta = (time.perf_counter() - start) / done * (c.steps - self.step)
                 if self.progress is not None:
@@ -503,39 +317,13 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         stop = self.should_stop is not None and bool(self.should_stop())
-        if self.world > 1:  # every process stops at the same step, or the others would wait forever
-            flag = torch.tensor([float(stop)], device=self.device if self.device.type == "cuda" else "cpu")
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
-        return stop
-
-    # -- logs ----------------------------------------------------------------------------------
-    _COLUMNS = ("step", "loss", "loss_video", "loss_audio", "lr", "grad_norm", "seconds")
-
-    def _log(self, row: dict) -> None:
-        if self.rank != 0:
-            return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        new = not self._log_path.exists()
-        with open(self._log_path, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(self._COLUMNS)
-            w.writerow([row.get(k, "") for k in self._COLUMNS])
-
-    def _truncate_log(self, step: int) -> None:
-        if self.rank != 0 or not self._log_path.exists():
-            return
-        with open(self._log_path, newline="") as f:
-            rows = [r for r in csv.reader(f)]
-        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= step]
-        atomic_write(self._log_path, lambda f: f.write("".join(",".join(r) + "\r\n" for r in kept).encode()),
-                     overwrite=True)
+        # every process stops at the same step, or the others would wait forever
+        return distributed.any_process(stop, self.world, self.device)
 
     # -- checkpoints -----------------------------------------------------------------------------
     @property
     def checkpoint_dir(self) -> Path:
-        return self.output_dir / "checkpoints"
+        return self.checkpoints.folder
 
     def _identity(self) -> dict:
         return {"run_hash": self.config.run_hash(), "run_config": self.config.run_dict(),
@@ -543,124 +331,38 @@ class Trainer:
                 "preset": self.model.config.name}
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, p in self.params.all():
-            t = p.detach()
-            if hasattr(t, "full_tensor"):  # FSDP shard -> the whole tensor (a collective)
-                t = t.full_tensor()
-            out[name] = t.to("cpu", copy=True)
-        return out
-
-    def _optimizer_state(self) -> dict:
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-            return get_optimizer_state_dict(self.model, self.optimizer,
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return self.optimizer.state_dict()
+        # an FSDP shard becomes the whole tensor (a collective)
+        return {name: distributed.full_tensor(p.detach()).to("cpu", copy=True) for name, p in self.params.all()}
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step-NNNNNNN`` atomically; prune old ones; returns the folder."""
-        rng = [_rng_state()]
-        if self.world > 1:
-            gathered: list = [None] * self.world
-            dist.all_gather_object(gathered, rng[0])
-            rng = gathered
+        rng = distributed.all_gather(rng_state(), self.world)
         trainable = self._trainable_state()
-        optim = self._optimizer_state()
+        optim = distributed.optimizer_state(self.model, self.optimizer, self.fsdp)
         final = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.step:07d}"
         if self.rank == 0:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.checkpoint_dir / f".{final.name}.partial-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            try:
-                tmp.mkdir()
-                with open(tmp / "trainable.safetensors", "wb") as f:
-                    write_safetensors(f, trainable, {"format": "instructav2av-train-state"})
-                    f.flush()
-                    os.fsync(f.fileno())
-                torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict(), "rng": rng},
-                           tmp / "state.pt")
-                state = {"step": self.step, "micro_batch": self.step * self.config.grad_accum, **self._identity()}
-                (tmp / "state.json").write_text(json.dumps(state, indent=1))
-                old = None
-                if final.exists():  # the same step saved again (e.g. stopped right after a save)
-                    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-                    final.rename(old)
-                tmp.rename(final)
-                if old is not None:
-                    shutil.rmtree(old, ignore_errors=True)
-            except OSError as exc:
-                shutil.rmtree(tmp, ignore_errors=True)
-                prev = self.latest_checkpoint()
-                raise RuntimeError(f"could not write the checkpoint of step {self.step} ({exc}; disk full?). "
-                                   f"The previous checkpoint {'is intact: ' + str(prev) if prev else 'does not exist'}"
-                                   ) from exc
-            atomic_write(self.checkpoint_dir / "latest", lambda f: f.write(final.name.encode()), overwrite=True)
-            self._prune()
+            state = {"step": self.step, "micro_batch": self.step * self.config.grad_accum, **self._identity()}
+            blob = {"optimizer": optim, "scheduler": self.scheduler.state_dict(), "rng": rng}
+            final = self.checkpoints.write(self.step, trainable, blob, state)
             self._plot()
-        if self.world > 1:
-            dist.barrier()
+        distributed.barrier(self.world)
         return final
 
-    def _prune(self) -> None:
-        done = sorted(p for p in self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.json").is_file())
-        for p in done[: -self.config.keep_checkpoints]:
-            shutil.rmtree(p, ignore_errors=True)
-
     def latest_checkpoint(self) -> Path | None:
-        pointer = self.checkpoint_dir / "latest"
-        if pointer.is_file():
-            p = self.checkpoint_dir / pointer.read_text().strip()
-            if (p / "state.json").is_file():
-                return p
-        done = sorted(p for p in self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.json").is_file())
-        return done[-1] if done else None
+        return self.checkpoints.latest()
 
     def resume(self, where: str | os.PathLike) -> None:
         """Continue from a checkpoint folder (``"latest"``: this run's newest); refuses other runs."""
-        path = self.latest_checkpoint() if str(where) == "latest" else Path(where)
-        if path is None or not (path / "state.json").is_file():
-            raise FileNotFoundError(f"no checkpoint to resume from at {where if path is None else path} (looked in "
-                                    f"{self.checkpoint_dir}); expected a step-NNNNNNN folder with state.json")
+        path = self.checkpoints.locate(where)
         state = json.loads((path / "state.json").read_text())
-        mine = self._identity()
-        if state["run_hash"] != mine["run_hash"]:
-            diffs = [f"{k}: checkpoint {state['run_config'].get(k)!r}, now {v!r}" for k, v in mine["run_config"].items()
-                     if state["run_config"].get(k) != v]
-            raise ValueError(f"{path} was written by another training configuration (config hash {state['run_hash']} "
-                             f"vs {mine['run_hash']}): {'; '.join(diffs) or 'fields differ'}. Resume with the same "
-                             "settings, or start a new run in another output folder")
-        for key, what in (("data", "training data"), ("base", "base model weights"), ("world_size", "number of processes"),
-                          ("preset", "model preset")):
-            if state[key] != mine[key]:
-                raise ValueError(f"{path} was written with other {what} ({state[key]} vs {mine[key]}); "
-                                 "resume with the same ones, or start a new run in another output folder")
-        with CheckpointFile(path / "trainable.safetensors") as f:
-            names = {n for n, _ in self.params.all()}
-            if set(f.shapes) != names:
-                raise ValueError(f"{path}: its trainable parameters differ from this model's "
-                                 f"({len(set(f.shapes) ^ names)} names differ)")
-            with torch.no_grad():
-                for name, p in self.params.all():
-                    t = f.read(name, p.dtype)
-                    if self.fsdp:  # this process keeps its shard of the whole tensor
-                        from torch.distributed.tensor import distribute_tensor
-
-                        t = distribute_tensor(t.to(p.device), p.device_mesh, p.placements)
-                    p.copy_(t)
+        check_identity(path, state, self._identity())
+        read_trainable(path, self.params.all(), sharded=self.fsdp)
         blob = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(self.model, self.optimizer, blob["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True))
-        else:
-            self.optimizer.load_state_dict(blob["optimizer"])
+        distributed.load_optimizer_state(self.model, self.optimizer, blob["optimizer"], self.fsdp)
         self.scheduler.load_state_dict(blob["scheduler"])
-        _set_rng_state(blob["rng"][self.rank])
+        set_rng_state(blob["rng"][self.rank])
         self.step = int(state["step"])
-        self._truncate_log(self.step)
+        self.loss_log.truncate(self.step)
         logger.info("resumed from %s at step %d", path, self.step)
 
     # -- outputs -------------------------------------------------------------------------------
@@ -669,10 +371,7 @@ class Trainer:
         c = self.config
         model: nn.Module = self.model
         if self.fsdp:  # gather the whole state (a collective), then rank 0 writes it
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-            model = _StateView(self.model.config, self.model.editor, full)
+            model = distributed.gathered_model(self.model)
         if self.rank != 0:
             return None
         kind = "adapter" if c.adapter == "lora" else "editor"
@@ -689,8 +388,7 @@ class Trainer:
                            extra_metadata={"stage": c.stage, "steps": str(self.step), "base_hash": self.base[0]})
 
     def _plot(self) -> None:
-        if self._log_path.exists():
-            plot_loss(self._log_path, self.output_dir / "loss.png")
+        self.loss_log.plot(self.output_dir / "loss.png")
 
     @torch.no_grad()
     def validate(self) -> list[Path]:
@@ -704,8 +402,7 @@ class Trainer:
             if self.rank == 0 or self.fsdp:
                 written = self._validate(write=self.rank == 0)
         finally:
-            if self.world > 1:
-                dist.barrier()
+            distributed.barrier(self.world)
         return written
 
     def _validate(self, write: bool = True) -> list[Path]:
