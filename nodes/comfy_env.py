@@ -8,6 +8,7 @@ need                   inside ComfyUI                               fallback
 =====================  ===========================================  ==================================
 model files            ``folder_paths`` (+ ``mmaudio`` registered)   ``$INSTRUCTAV2AV_MODELS_DIR/<folder>``
                                                                     (default ``./models/<folder>``)
+input/output/temp      ``folder_paths.get_*_directory``             none; training runs in ``./runs``
 progress + previews    ``comfy.utils.ProgressBar``                  tqdm
 interrupt              ``comfy.model_management`` flags              never interrupted
 devices                ``get_torch_device`` / ``intermediate_device``  CUDA if available, else CPU;
@@ -105,9 +106,12 @@ def folder_locations(folder: str) -> list[str]:
 
 def model_path(folder: str, name: str) -> Path:
     """Full path of the model file ``name`` from ``folder``; a clear error when it is not there."""
+    from .paths import check_model_name
+
     _check_folder(folder)
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"no {folder} file chosen; put one in {' or '.join(folder_locations(folder))} and pick it")
+    check_model_name(name, folder)  # a name from a workflow: never an absolute path or '..'
     fp = _folder_paths()
     found: str | None = None
     if fp is not None:
@@ -139,6 +143,33 @@ def writable_model_folder(folder: str) -> Path:
     root = Path(folder_locations(folder)[0])
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def comfy_folders() -> dict[str, Path]:
+    """ComfyUI's ``input``, ``output`` and ``temp`` folders (as started: ``--input-directory`` etc.);
+    empty outside ComfyUI."""
+    fp = _folder_paths()
+    if fp is None:
+        return {}
+    out = {}
+    for kind in ("input", "output", "temp"):
+        get = getattr(fp, f"get_{kind}_directory", None)
+        if get is not None:
+            out[kind] = Path(get())
+    return out
+
+
+def model_roots(exclude: frozenset[str] | set[str] = frozenset()) -> list[Path]:
+    """Every model folder: ComfyUI's models folder and each folder of each kind it knows (those from
+    ``extra_model_paths.yaml`` included), less the kinds in ``exclude``; the fallback root outside ComfyUI."""
+    fp = _folder_paths()
+    if fp is None:
+        return [fallback_models_dir()]
+    roots = [Path(fp.models_dir)]
+    for name, entry in fp.folder_names_and_paths.items():
+        if name not in exclude:
+            roots += [Path(p) for p in entry[0]]
+    return roots
 
 
 def runs_dir() -> Path:
@@ -335,6 +366,7 @@ __all__ = [
     "Progress",
     "choices",
     "comfy_available",
+    "comfy_folders",
     "compute_device",
     "fallback_models_dir",
     "folder_locations",
@@ -344,6 +376,7 @@ __all__ = [
     "latent_previewer",
     "list_models",
     "model_path",
+    "model_roots",
     "offload_device",
     "on_compute_device",
     "raise_if_interrupted",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import comfy_env
+from . import comfy_env, paths
 from .handles import (
     AUDIO_VAE,
     MODEL,
@@ -277,18 +277,29 @@ class TextEncoderLoader:
                     "STRING",
                     {"default": "", "tooltip": "Folder or file of the umT5 tokenizer (tokenizer.json or spiece.model). "
                                                "Empty: inside ComfyUI's single file, or a 'umt5-xxl-tokenizer' folder "
-                                               "next to the weights."},
+                                               "next to the weights. A relative path is looked for in the "
+                                               "text_encoders folders; only folders the server allows can be used "
+                                               "(docs/nodes.md)."},
                 ),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, tokenizer_path=None):
+        # Only tokenizer_path is named: ComfyUI still checks the other inputs itself.
+        if tokenizer_path is None or (isinstance(tokenizer_path, str) and not tokenizer_path.strip()):
+            return True
+        return paths.validate(tokenizer_path, "tokenizer_path", bases=paths.model_bases("text_encoders"))
 
     def load(self, text_encoder_name, precision, device, cache_embeddings, tokenizer_path=""):
         from ..models.codecs.text_encoder import load_text_encoder
 
         path = comfy_env.model_path("text_encoders", text_encoder_name)
-        tokenizer = Path(tokenizer_path).expanduser() if tokenizer_path and tokenizer_path.strip() else None
+        tokenizer = None
+        if tokenizer_path and tokenizer_path.strip():
+            tokenizer = paths.resolve(tokenizer_path, "tokenizer_path", bases=paths.model_bases("text_encoders"))
         if tokenizer is not None and not tokenizer.exists():
-            raise FileNotFoundError(f"tokenizer_path {tokenizer} does not exist; give the folder holding tokenizer.json "
+            raise FileNotFoundError(f"tokenizer_path {tokenizer_path.strip()!r} does not exist; give the folder holding tokenizer.json "
                                     "or spiece.model, or leave it empty")
         dtype = DTYPES[precision]
         cache = comfy_env.text_cache_dir() if cache_embeddings else None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import comfy_env
+from . import comfy_env, paths
 from .handles import (
     AUDIO_VAE,
     MODEL,
@@ -91,7 +91,10 @@ class TrainingData:
             "required": {
                 "model": (MODEL, {"tooltip": "The editor (its preset sets the clip length, frame rate and size)."}),
                 "data_path": ("STRING", {"default": "", "tooltip": "Folder of pairs (NAME/source.mp4, target.mp4, "
-                                                                   "instruction.txt) or a .jsonl manifest."}),
+                                                                   "instruction.txt) or a .jsonl manifest. A relative "
+                                                                   "path is looked for in ComfyUI's input folder, then "
+                                                                   "output; only folders the server allows can be used "
+                                                                   "(docs/nodes.md)."}),
                 "num_frames": (list(FRAME_CHOICES), {"default": MODEL_FRAMES,
                                                      "tooltip": "Frames per training window (1 + 4k); 'model' = the "
                                                                 "model's clip length."}),
@@ -101,15 +104,21 @@ class TrainingData:
             }
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, data_path=None):
+        # Only data_path is named: ComfyUI still checks the other inputs itself.
+        return paths.validate(data_path, "data_path", bases=paths.input_bases())
+
     def open(self, model: ModelHandle, data_path: str, num_frames: str | int, window_stride: int):
         from ..data.pairs import ClipWindowing, open_pairs, validate_pairs
 
         num_frames = window_frames(num_frames)
-        if not data_path or not data_path.strip():
+        if not isinstance(data_path, str) or not data_path.strip():
             raise ValueError("data_path is empty; give a folder of NAME/{source.mp4,target.mp4,instruction.txt} "
                              "or a .jsonl manifest")
+        where = paths.resolve(data_path, "data_path", bases=paths.input_bases())  # a linked value too
         windowing = ClipWindowing.from_model(model.config, num_frames=num_frames, stride=window_stride)
-        pairs = open_pairs(Path(data_path).expanduser(), windowing, require_audio=True)
+        pairs = open_pairs(where, windowing, require_audio=True)
         report = validate_pairs(pairs)
         report.raise_if_problems()
         return (Dataset(pairs=pairs, windowing=windowing, path=data_path, report=str(report)), str(report))
@@ -226,6 +235,16 @@ class Train:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, run_name=None):
+        if run_name is None:  # linked: checked when the node runs
+            return True
+        try:
+            paths.check_folder_name(run_name, "run_name")
+        except ValueError as exc:
+            return str(exc)
+        return True
+
     def train(self, base_model, video_vae: VideoVAEHandle, audio_vae: AudioVAEHandle, text_encoder: TextEncoderHandle,
               dataset: Dataset, stage, method, lora_rank, learning_rate, steps, batch_size, grad_accum, seed,
               gradient_checkpointing, checkpoint_every, run_name, resume, init_adapter=NONE, init_adapter_2=NONE,
@@ -236,12 +255,14 @@ class Train:
         from ..training.trainer import Trainer
         from ..weights.dit import load_model
 
-        run_name = (run_name or "").strip()
-        if not run_name or Path(run_name).name != run_name or run_name.startswith("."):
-            raise ValueError(f"run_name must be a plain folder name (not starting with '.'), got {run_name!r}")
-        run_dir = comfy_env.runs_dir() / run_name
+        run_dir = paths.writable_folder(comfy_env.runs_dir(), run_name, "run_name")  # under output, no link out
+        run_name = run_dir.name
         if resume and not (run_dir / "checkpoints").is_dir():
             raise FileNotFoundError(f"nothing to resume: {run_dir / 'checkpoints'} does not exist")
+        if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+            # A new run would mix with the old run's checkpoints and loss.csv (e.g. one that was cancelled).
+            raise FileExistsError(f"run folder {run_name!r} already holds a run; turn on resume to continue it, or "
+                                  "give a new run_name")
         product = _product_path(run_name, method)  # before anything loads: a taken name fails at once
         inits = [str(comfy_env.model_path("loras", a)) for a in (init_adapter, init_adapter_2) if a and a != NONE]
         config = config_from_dict({

@@ -24,14 +24,17 @@ class InterruptProcessingException(Exception):
     pass
 
 
-def _folder_paths(models_dir: Path) -> types.ModuleType:
+def _folder_paths(models_dir: Path, base_dir: Path) -> types.ModuleType:
     fp = types.ModuleType("folder_paths")
     fp.models_dir = str(models_dir)
+    for kind in ("input", "output", "temp"):  # ComfyUI's get_<kind>_directory(), as started
+        setattr(fp, f"get_{kind}_directory", lambda kind=kind: str(base_dir / kind))
     fp.supported_pt_extensions = set(SUPPORTED_PT_EXTENSIONS)
     fp.folder_names_and_paths = {
         name: ([str(models_dir / name)], set(SUPPORTED_PT_EXTENSIONS))
         for name in ("diffusion_models", "vae", "text_encoders", "loras")
     }
+    fp.folder_names_and_paths["custom_nodes"] = ([str(base_dir / "custom_nodes")], set())
 
     def add_model_folder_path(folder_name, full_folder_path, is_default=False):
         if folder_name in fp.folder_names_and_paths:
@@ -73,12 +76,13 @@ def _folder_paths(models_dir: Path) -> types.ModuleType:
 class ComfyStubs:
     """Handles on the installed stubs: the recorded progress calls and the interrupt flag."""
 
-    def __init__(self, models_dir: Path):
+    def __init__(self, models_dir: Path, base_dir: Path | None = None):
         self.models_dir = models_dir
+        self.base_dir = base_dir if base_dir is not None else models_dir  # input/, output/, temp/ live here
         self.progress: list[tuple[int, int, object]] = []  # (value, total, preview) per hook call
         self.interrupt = False
         self.interrupt_after: int | None = None  # set the flag once this many progress calls happened
-        self.folder_paths = _folder_paths(models_dir)
+        self.folder_paths = _folder_paths(models_dir, self.base_dir)
         self.utils = self._utils()
         self.model_management = self._model_management()
 
@@ -124,9 +128,10 @@ class ComfyStubs:
 
 
 @contextmanager
-def comfy_stubs(models_dir: Path):
-    """Install the stubs into ``sys.modules`` for the duration of the block."""
-    stubs = ComfyStubs(Path(models_dir))
+def comfy_stubs(models_dir: Path, base_dir: Path | None = None):
+    """Install the stubs into ``sys.modules`` for the duration of the block (``base_dir``: where ComfyUI's
+    input, output, temp and custom_nodes folders are; default ``models_dir``)."""
+    stubs = ComfyStubs(Path(models_dir), None if base_dir is None else Path(base_dir))
     comfy = types.ModuleType("comfy")
     comfy.__path__ = []  # a package, so "comfy.utils" imports resolve through sys.modules
     comfy.utils = stubs.utils

@@ -90,7 +90,8 @@ def comfyui(tmp_path_factory):
                 if time.monotonic() > deadline:
                     raise AssertionError(f"ComfyUI did not start in {START_TIMEOUT} s") from None
                 time.sleep(1)
-        yield {"url": url, "output": dirs["output"], "log": work / "server.log", "root": root}
+        yield {"url": url, "input": dirs["input"], "output": dirs["output"], "log": work / "server.log", "root": root,
+               "work": work}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -126,6 +127,60 @@ def test_template_browser_lists_the_ui_workflows_only(comfyui):
     assert sorted(listing.get(PACK, [])) == ui_files  # the API twins in workflows/api/ are not listed
     with urllib.request.urlopen(f"{comfyui['url']}/api/workflow_templates/{PACK}/{ui_files[0]}.json") as r:
         assert "nodes" in json.loads(r.read())
+
+
+def _post_rejected(url: str, payload: dict) -> tuple[int, dict]:
+    """POST a prompt that must be refused; (HTTP status, ComfyUI's JSON answer)."""
+    req = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            raise AssertionError(f"POST {url} was accepted: {r.read().decode(errors='replace')}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _training_data_prompt(data_path: str) -> dict:
+    """Demo model -> Training Data -> Preview Any (ComfyUI's core text preview, an output node)."""
+    return {
+        "1": {"class_type": "InstructAV2AVDemoLoader", "inputs": {"precision": "fp32"}},
+        "2": {"class_type": "InstructAV2AVTrainingData",
+              "inputs": {"model": ["1", 0], "data_path": data_path, "num_frames": "model", "window_stride": 0}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}},
+    }
+
+
+def test_a_path_outside_the_allowed_folders_fails_validation_and_the_server_goes_on(comfyui):
+    from instructav2av.data.synthetic import make_sample
+    from instructav2av.media import write_clip
+
+    url = comfyui["url"]
+    secret = comfyui["work"] / "secret"
+    secret.mkdir()
+    (secret / "passwords.txt").write_text("do not show")
+    (comfyui["input"] / "escape").symlink_to(secret, target_is_directory=True)
+    for refused in ("/etc", "escape", "../../", "~"):
+        status, answer = _post_rejected(f"{url}/prompt", {"prompt": _training_data_prompt(refused),
+                                                          "client_id": uuid.uuid4().hex})
+        assert status == 400, answer
+        errors = answer["node_errors"]["2"]["errors"]
+        assert errors[0]["type"] == "custom_validation_failed", errors
+        detail = errors[0]["details"]
+        assert detail.startswith("data_path - data_path ") and "is refused" in detail, detail
+        assert "INSTRUCTAV2AV_ALLOWED_DIRS" in detail  # how to allow a folder
+        body = json.dumps(answer)
+        assert "passwords" not in body and "passwd" not in body and str(secret) not in body
+    # the server goes on: a valid path (a dataset in ComfyUI's input folder) validates and runs
+    sample = make_sample(0, seed=3)
+    pair = comfyui["input"] / "pairs" / "pair0"
+    pair.mkdir(parents=True)
+    write_clip(pair / "source.mp4", sample.source_video, 16, sample.source_audio, 16000)
+    write_clip(pair / "target.mp4", sample.target_video, 16, sample.target_audio, 16000)
+    (pair / "instruction.txt").write_text(sample.instruction)
+    prompt_id = _post(f"{url}/prompt", {"prompt": _training_data_prompt("pairs"),
+                                        "client_id": uuid.uuid4().hex})["prompt_id"]
+    entry = _wait_for(url, prompt_id, RUN_TIMEOUT)
+    assert entry["status"]["status_str"] == "success", entry["status"].get("messages")
+    assert entry["outputs"]["3"]["text"] == ["dataset OK: 1 pairs"]
 
 
 def _wait_for(url: str, prompt_id: str, timeout: float) -> dict:

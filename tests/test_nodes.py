@@ -444,6 +444,7 @@ def test_training_nodes_train_an_adapter_the_loader_applies(tmp_path, monkeypatc
 
     monkeypatch.setenv(comfy_env.MODELS_DIR_ENV, str(tmp_path / "models"))
     monkeypatch.chdir(tmp_path)  # runs go to ./runs without ComfyUI
+    monkeypatch.setenv("INSTRUCTAV2AV_ALLOWED_DIRS", str(tmp_path / "data"))  # the dataset's folder may be read
     (tmp_path / "models" / "diffusion_models").mkdir(parents=True)
     base = tiny_bundle("cpu", torch.float32)
     save_editor(base.model, tmp_path / "models" / "diffusion_models" / "base.safetensors", origin="test")
@@ -469,8 +470,10 @@ def test_training_nodes_train_an_adapter_the_loader_applies(tmp_path, monkeypatc
         node("InstructAV2AVTrainingData").open(model, str(tmp_path / "data"), "model", 0)
 
 
-def test_training_data_offers_and_accepts_only_valid_window_lengths(tmp_path):
+def test_training_data_offers_and_accepts_only_valid_window_lengths(tmp_path, monkeypatch):
     from instructav2av.nodes.train import MODEL_FRAMES
+
+    monkeypatch.setenv("INSTRUCTAV2AV_ALLOWED_DIRS", str(tmp_path / "data"))  # the dataset's folder may be read
 
     choices, options = node("InstructAV2AVTrainingData").INPUT_TYPES()["required"]["num_frames"]
     assert options["default"] == MODEL_FRAMES and choices[0] == MODEL_FRAMES
