@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 # name -> (module relative to this package, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -22,6 +24,53 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": (".demo", "edit the bundled demo clip with the embedded demo model (or --eval N held-out cases)"),
     "demo-train": (".demo", "train the embedded demo model (reproduces assets/demo; ablation variants)"),
 }
+
+
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP arrived. Raised from the signal handler so the program unwinds like after an
+    error: every ``finally`` and ``except BaseException`` runs, and the atomic writers delete their
+    hidden temporary files (the default action would end the process on the spot and leave them)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)  # the shell's convention for "ended by signal N"
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    # Repeats are ignored while the first one unwinds, so a second SIGTERM cannot cut the clean-up
+    # short (SIGINT and SIGKILL still end the process).
+    for name in _SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+def install_signal_handlers() -> dict[int, object]:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` (a clean exit); returns the handlers replaced
+    (for :func:`restore_signal_handlers`).
+
+    A signal that is already ignored stays ignored (``nohup`` ignores SIGHUP on purpose), and one with
+    a handler of its own (a launcher's) keeps it. Only the main thread may install handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    replaced = {}
+    for name in _SIGNALS:
+        sig = getattr(signal, name, None)  # Windows has no SIGHUP
+        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, _raise_terminated):
+            replaced[sig] = signal.signal(sig, _raise_terminated)
+    return replaced
+
+
+def restore_signal_handlers(previous: dict[int, object]) -> None:
+    """Put back what :func:`install_signal_handlers` replaced (``main`` may run inside another program)."""
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -46,11 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = install_signal_handlers()
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Terminated as exc:
+        print(f"\nstopped by {exc.name}; unfinished output files were removed", file=sys.stderr)
+        return int(exc.code)
+    finally:
+        restore_signal_handlers(previous)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,17 @@ def _slg(text: str | None) -> tuple[int, ...] | None:
         raise ValueError(f"--slg must be block indices like 11 or 9,11 (or 'none'), got {text!r}") from None
 
 
+def _input_files(args: argparse.Namespace, source: Path) -> list[tuple[str, str | None]]:
+    """Every file ``edit`` reads, labelled: the output may be none of them (also with --overwrite)."""
+    files = [("source video", str(source)), ("--model file", args.model), ("--video-vae file", args.video_vae),
+             ("--audio-vae file", args.audio_vae), ("--vocoder file", args.vocoder),
+             ("--text-encoder file", args.text_encoder)]
+    for spec in args.adapter:
+        a = _adapter(spec)
+        files.append(("--adapter file", str(a[0] if isinstance(a, tuple) else a)))
+    return [(label, path) for label, path in files if path and not Path(path).expanduser().is_dir()]
+
+
 def _guidance(args: argparse.Namespace, base):
     """``base`` (an EditGuidance) with the flags given; range errors name the flag."""
     changes = {
@@ -169,6 +180,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from ..editing.bundle import check_instruction, edit, load_bundle
+    from ..files import check_apart
     from ..media.video_write import _check_output_path
     from ..samplers import EditGuidance
 
@@ -180,6 +192,7 @@ def _run(args: argparse.Namespace) -> int:
                                 else f"source {source} is not a file; expected a video file")
     output = Path(args.output).expanduser()
     _check_output_path(output)
+    check_apart(output, _input_files(args, source), what="--output")
     _guidance(args, EditGuidance())  # range errors now; the bundle's defaults are applied below
     if not 0.0 <= args.denoise <= 1.0:
         raise ValueError(f"--denoise must be between 0 and 1, got {args.denoise}")

@@ -115,6 +115,31 @@ def check_dataset(config: TrainConfig, model_config: ModelConfig | None = None) 
     return pairs, validate_pairs(pairs)
 
 
+def check_outputs_apart(config: TrainConfig) -> None:
+    """Refuse a run whose outputs would touch its inputs (raises :class:`~..files.SameFileError`).
+
+    The output and cache folders may not be, or lie inside, a data folder; and no input file (data,
+    base, codecs, initial adapters) may lie where training writes or prunes: ``checkpoints/``,
+    ``validation/``, ``loss.csv``, ``loss.png`` of the output folder, or the latent cache.
+    """
+    from ..files import SameFileError, check_apart, is_within
+
+    out = Path(config.output_dir).expanduser()
+    cache = Path(config.cache_dir).expanduser() if config.cache_dir else out / "cache"
+    inputs = [("training data", config.data), ("validation data", config.validation_data),
+              ("base checkpoint", config.base), ("video VAE", config.video_vae), ("audio VAE", config.audio_vae),
+              ("text encoder", config.text_encoder), *(("initial adapter", p) for p in config.init_adapters)]
+    inputs = [(label, p) for label, p in inputs if p]
+    check_apart(out, inputs, what="output_dir")
+    check_apart(cache, inputs, what="cache_dir")
+    written = [out / "checkpoints", out / "validation", out / "loss.csv", out / "loss.png", cache]
+    for label, p in inputs:
+        for place in written:
+            if is_within(p, place):
+                raise SameFileError(f"the {label} {p} lies in {place}, which training writes and prunes; move it "
+                                    "or choose another output_dir/cache_dir")
+
+
 def run_training(config: TrainConfig, bundle: EditorBundle | None = None, *, progress: ProgressFn | None = None,
                  should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Everything ``instructav2av train`` does after parsing: validate the data (raises with the full
@@ -123,6 +148,7 @@ def run_training(config: TrainConfig, bundle: EditorBundle | None = None, *, pro
     from ..data.cache import Codecs, LatentCache
     from ..training.trainer import Trainer, init_distributed
 
+    check_outputs_apart(config)
     rank, world = init_distributed()
     pairs, report = check_dataset(config, bundle.config if bundle is not None else None)
     report.raise_if_problems()
@@ -185,4 +211,4 @@ def _progress(step: int, total: int, loss: float, eta: float) -> None:
         logger.info("%d/%d (%.0f%%) loss %.5f, %.0f min left", step, total, 100 * step / total, loss, eta / 60)
 
 
-__all__ = ["register", "config_from_args", "check_dataset", "run_training"]
+__all__ = ["register", "config_from_args", "check_dataset", "check_outputs_apart", "run_training"]

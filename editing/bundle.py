@@ -32,6 +32,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ..files import check_apart
 from ..media import Clip, ClipSpec, ConformedClip, MediaError, conform, load_clip, write_clip
 from ..media.video_write import _check_output_path
 from ..models.configs import ModelConfig, get_preset
@@ -674,9 +675,13 @@ def edit(
     _check_choice("fit", fit, ("crop", "pad"))
     schedule = edit_schedule(steps, shift, denoise)  # validates steps, shift and denoise now, not after encoding
     out_path = None
+    # The source file is never the output (nor a link to it): publishing would replace it.
+    source_file = source if isinstance(source, (str, os.PathLike)) else getattr(source, "source", None)
+    keep = [("source video", source_file)]
     if output is not None:
         out_path = Path(output).expanduser()
         _check_output_path(out_path)
+        check_apart(out_path, keep)
     progress = progress or (lambda stage, done, total: None)
     meter = _StageMeter(bundle.device)
 
@@ -716,7 +721,7 @@ def edit(
     written = None
     if out_path is not None:
         with stage("write"):
-            written = write_clip(out_path, frames, clip.fps, wave, clip.sample_rate, overwrite=overwrite)
+            written = write_clip(out_path, frames, clip.fps, wave, clip.sample_rate, overwrite=overwrite, keep=keep)
     return EditResult(video=frames, audio=wave, fps=clip.fps, sample_rate=clip.sample_rate, output=written,
                       timings=meter.timings, memory=meter.memory, memory_kind=meter.memory_kind, seed=seed,
                       steps=schedule.num_steps)

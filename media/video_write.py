@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import av
 import numpy as np
 import torch
 
+from ..files import check_apart
 from .video_io import MediaError, check_frame_size
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ def write_clip(
     crf: int = 18,
     preset: str = "medium",
     audio_bitrate: int | None = None,
+    keep: Iterable[tuple[str, str | os.PathLike | None]] = (),
 ) -> Path:
     """Write H.264 (yuv420p, BT.709) + AAC to ``path`` and return the path actually written.
 
@@ -147,10 +149,15 @@ def write_clip(
     so a crash never leaves a half-written file under the final name. An existing file is never
     replaced unless ``overwrite=True``: the output then goes to the first free ``name_001.mp4``,
     ``name_002.mp4``, ... (the name is reserved atomically with a hard link). A missing or read-only
-    folder raises before any encoding starts.
+    folder raises before any encoding starts. ``keep``: the caller's inputs as ``(label, path)``;
+    ``path`` naming one of them (through a link or another spelling) raises
+    :class:`~instructav2av.files.SameFileError`, with or without ``overwrite``. The hidden
+    temporary file is removed on every exit Python sees (errors, Ctrl-C, the CLI's SIGTERM/SIGHUP).
     """
     target = Path(path)
     _check_output_path(target)
+    keep = list(keep)
+    check_apart(target, keep)
     fps = Fraction(fps).limit_denominator(1001) if isinstance(fps, float) else Fraction(fps)
     if fps <= 0:
         raise MediaError(f"fps must be positive; got {fps}")
@@ -189,6 +196,7 @@ def write_clip(
             if astream is not None:
                 _encode_audio(out, astream, wave, written, wave.shape[1], sr)
                 out.mux(astream.encode())
+        check_apart(target, keep)  # again: a link to an input may have appeared while we encoded
         return _publish(tmp, target, overwrite)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -91,8 +91,10 @@ class Checkpoints:
             tmp.rename(final)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
-        except OSError as exc:
+        except BaseException as exc:  # also Ctrl-C and the CLI's SIGTERM/SIGHUP: no half-written folder stays
             shutil.rmtree(tmp, ignore_errors=True)
+            if not isinstance(exc, OSError):
+                raise
             prev = self.latest()
             raise RuntimeError(f"could not write the checkpoint of step {step} ({exc}; disk full?). "
                                f"The previous checkpoint {'is intact: ' + str(prev) if prev else 'does not exist'}"

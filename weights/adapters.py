@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..files import check_apart
 from ..models.configs import ModelConfig
 from ..training.config import TrainConfig
 from .io import CheckpointFile, atomic_write, write_safetensors
@@ -508,16 +509,19 @@ def merge_adapter_file(
     from .dit import load_model, save_editor
 
     out = Path(out)
+    paths = [adapters] if isinstance(adapters, (str, os.PathLike)) else list(adapters)
+    keep = [("base checkpoint", base), *(("adapter", p) for p in paths)]
+    check_apart(out, keep)  # with or without overwrite: the result never replaces what it is made of
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; refusing to overwrite it (choose another name or pass overwrite)")
-    paths = [adapters] if isinstance(adapters, (str, os.PathLike)) else list(adapters)
     infos = [read_adapter_info(p) for p in paths]  # fail on a wrong file before loading the base
     model, base_info = load_model(base, editor=True, dtype=dtype, preset=infos[0].config)
     base_hash, _ = base_fingerprint(model)
     load_adapters(model, paths, merge=True)
     names = ", ".join(Path(p).name for p in paths)
     return save_editor(model, out, origin=f"{base_info.path.name} merged with adapter(s) {names}",
-                       extra_metadata={"adapters": names, "base_hash": base_hash}, overwrite=overwrite)
+                       extra_metadata={"adapters": names, "base_hash": base_hash}, overwrite=overwrite,
+                       keep=keep)
 
 
 __all__ = [

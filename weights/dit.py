@@ -25,7 +25,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +33,7 @@ from types import MappingProxyType
 
 import torch
 
+from ..files import check_apart
 from ..models.configs import PRESETS, ModelConfig, get_preset
 from .io import (
     EXPECTED_DTYPES,
@@ -373,11 +374,13 @@ def save_editor(
     origin: str,
     extra_metadata: Mapping[str, str] | None = None,
     overwrite: bool = False,
+    keep: Iterable[tuple[str, str | os.PathLike | None]] = (),
 ) -> Path:
     """Save ``model`` (an :class:`~.dit.AVEditorDiT`) as an editor-format safetensors file, atomically.
 
     The metadata record the format, the preset and full config, the editor flag, ``origin`` (where
-    the weights came from) and the dtypes, so the file loads without naming a preset.
+    the weights came from) and the dtypes, so the file loads without naming a preset. ``keep``:
+    the files the weights were read from, ``(label, path)``; ``path`` may never be one of them.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -401,7 +404,7 @@ def save_editor(
         if key in _RESERVED_METADATA:
             raise ValueError(f"extra_metadata may not set {key!r}; reserved keys: {', '.join(_RESERVED_METADATA)}")
         metadata[str(key)] = str(value)
-    return atomic_write(path, lambda f: write_safetensors(f, state, metadata), overwrite=overwrite)
+    return atomic_write(path, lambda f: write_safetensors(f, state, metadata), overwrite=overwrite, keep=keep)
 
 
 def convert_ovi_to_editor(
@@ -414,13 +417,15 @@ def convert_ovi_to_editor(
 ) -> Path:
     """Turn an Ovi base checkpoint into an editor file (initialised as docs/design-decisions.md says)."""
     dst = Path(dst)
+    keep = [("Ovi checkpoint", src)]
+    check_apart(dst, keep)  # before reading 23 GB, with or without overwrite
     if dst.exists() and not overwrite:  # fail before reading 23 GB
         raise FileExistsError(f"{dst} already exists; refusing to overwrite it (choose another name or pass overwrite)")
     model, info = load_model(src, preset=preset, editor=True, dtype=dtype)
     if info.editor:
         raise CheckpointError(f"{info.path} is already an editor checkpoint; nothing to convert")
     origin = f"converted from Ovi checkpoint {info.path.name} (preset {info.config.name}, {info.preset_reason})"
-    return save_editor(model, dst, origin=origin, overwrite=overwrite)
+    return save_editor(model, dst, origin=origin, overwrite=overwrite, keep=keep)
 
 
 __all__ = [

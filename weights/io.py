@@ -16,11 +16,13 @@ import re
 import struct
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
 import torch
+
+from ..files import check_apart
 
 # safetensors dtype spelling -> torch dtype, for the dtypes a DiT checkpoint may hold
 _ST_DTYPES = {
@@ -251,13 +253,24 @@ def write_safetensors(f: IO[bytes], tensors: Mapping[str, torch.Tensor], metadat
             f.write(memoryview(t.view(torch.uint8).numpy()))
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], *, overwrite: bool = False) -> Path:
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[IO[bytes]], None],
+    *,
+    overwrite: bool = False,
+    keep: Iterable[tuple[str, str | os.PathLike | None]] = (),
+) -> Path:
     """Write ``path`` through a temp file in the same folder, then publish it in one step.
 
     Without ``overwrite`` an existing file is never replaced, even one created while we wrote
-    (the temp file is hard-linked to ``path``, which fails if ``path`` exists).
+    (the temp file is hard-linked to ``path``, which fails if ``path`` exists). ``keep``: the
+    caller's inputs as ``(label, path)``; ``path`` naming one of them (through any link or
+    spelling) raises :class:`~instructav2av.files.SameFileError`, also with ``overwrite``. The
+    temp file is removed on every exit Python sees (errors, Ctrl-C, the CLI's SIGTERM/SIGHUP).
     """
     path = Path(path)
+    keep = list(keep)
+    check_apart(path, keep)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; refusing to overwrite it (choose another name or pass overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -268,6 +281,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], *,
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
+        check_apart(path, keep)  # again: a link to an input may have appeared while we wrote
         if overwrite:
             os.replace(tmp, path)
         else:
