@@ -118,3 +118,20 @@ def test_handlers_respect_nohup_and_are_restored():
     finally:
         for s, h in before.items():
             signal.signal(s, h)
+
+
+def test_checkpoint_folder_is_removed_when_interrupted(tmp_path, monkeypatch):
+    """The trainer's atomic checkpoint folder: an interrupt (Ctrl-C, or the CLI's SIGTERM turned into
+    Terminated) while state.pt is written leaves no hidden ``.step-….partial-PID`` folder."""
+    import torch
+
+    from instructav2av.training import checkpointing
+
+    def interrupted(*args, **kwargs):
+        raise Terminated(signal.SIGTERM)
+
+    monkeypatch.setattr(checkpointing.torch, "save", interrupted)
+    store = checkpointing.Checkpoints(tmp_path / "checkpoints", keep=2)
+    with pytest.raises(Terminated):
+        store.write(7, {"w": torch.zeros(2)}, {"optimizer": {}}, {"step": 7})
+    assert list((tmp_path / "checkpoints").iterdir()) == []
