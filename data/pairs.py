@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -250,15 +250,39 @@ def probe_clip(path: Path) -> _ClipProbe:
         raise MediaError(f"cannot read {path}: {exc} (truncated, damaged or not a media file?)") from None
 
 
-class _FilePairs:
-    """Shared logic of folder and manifest datasets: files on disk, conformed to a windowing."""
+# ``check_path(path, what)``: raises ValueError when ``path`` must not be read (ComfyUI's allowed folders);
+# ``what`` names the file for the message ("the source of pair3").
+PathCheck = Callable[[Path, str], object]
 
-    def __init__(self, windowing: ClipWindowing, require_audio: bool = False):
+
+class _FilePairs:
+    """Shared logic of folder and manifest datasets: files on disk, conformed to a windowing.
+
+    With ``check_path``, every file or pair folder is checked before it is touched; a refused one makes
+    its pair a "refused path" problem, whose text is the check's own (nothing is read from it).
+    """
+
+    def __init__(self, windowing: ClipWindowing, require_audio: bool = False, check_path: PathCheck | None = None):
         self.windowing = windowing
         self.require_audio = require_audio
+        self._check_path = check_path
         self._entries: list[dict] = []  # name, source, target, instruction (text) or instruction_file
         self._fingerprints: dict[int, str] = {}
         self._bad: dict[int, list[Problem]] = {}
+
+    def _refused(self, path: Path, what: str) -> str | None:
+        """The check's message when ``path`` may not be read, else None."""
+        if self._check_path is None:
+            return None
+        try:
+            self._check_path(path, what)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def _add_bad(self, name: str, kind: str, detail: str) -> None:
+        self._bad[len(self._entries)] = [Problem(name, kind, detail)]
+        self._entries.append({"name": name, "instruction": "", "source": None, "target": None, "bad": True})
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -285,8 +309,10 @@ class _FilePairs:
 
     def check(self, i: int) -> list[Problem]:
         e = self._entries[i]
+        if e.get("bad"):
+            return list(self._bad[i])
         name = e["name"]
-        out = list(self._bad.get(i, []))
+        out = []
         probes = {}
         for key in ("source", "target"):
             path = e.get(key)
@@ -347,30 +373,48 @@ class FolderPairs(_FilePairs):
     reported by :func:`validate_pairs`, not raised here.
     """
 
-    def __init__(self, root: str | os.PathLike, windowing: ClipWindowing, *, require_audio: bool = False):
-        super().__init__(windowing, require_audio)
+    def __init__(self, root: str | os.PathLike, windowing: ClipWindowing, *, require_audio: bool = False,
+                 check_path: PathCheck | None = None):
+        super().__init__(windowing, require_audio, check_path)
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset folder {self.root} not found; expected a folder of "
                                     "NAME/source.mp4, NAME/target.mp4, NAME/instruction.txt")
-        for d in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            entry = {"name": d.name, "instruction_file": str(d / "instruction.txt")}
-            for key in ("source", "target"):
-                found = [d / f"{key}{s}" for s in VIDEO_SUFFIXES if (d / f"{key}{s}").is_file()]
-                if found:
-                    entry[key] = str(found[0])
-            self._entries.append(entry)
+        for p in sorted(p for p in self.root.iterdir() if not p.name.startswith(".")):
+            # Checked before is_dir(): a link to a refused folder is reported without looking into it.
+            refused = self._refused(p, f"pair folder {p.name}")
+            if refused is not None:
+                self._add_bad(p.name, "refused path", refused)
+                continue
+            if not p.is_dir():
+                continue
+            self._add_folder(p)
         if not self._entries:
             raise ValueError(f"dataset folder {self.root} has no pair folders; expected "
                              "NAME/source.mp4, NAME/target.mp4, NAME/instruction.txt")
+
+    def _add_folder(self, d: Path) -> None:
+        entry = {"name": d.name, "instruction_file": str(d / "instruction.txt")}
+        files = [d / "instruction.txt", *(d / f"{key}{s}" for key in ("source", "target") for s in VIDEO_SUFFIXES)]
+        for f in files:
+            refused = self._refused(f, f"{f.name} of pair {d.name}") if os.path.lexists(f) else None
+            if refused is not None:
+                self._add_bad(d.name, "refused path", refused)
+                return
+        for key in ("source", "target"):
+            found = [d / f"{key}{s}" for s in VIDEO_SUFFIXES if (d / f"{key}{s}").is_file()]
+            if found:
+                entry[key] = str(found[0])
+        self._entries.append(entry)
 
 
 class ManifestPairs(_FilePairs):
     """A JSONL manifest: one object per line with ``source``, ``target`` (paths, relative to the
     manifest's folder) and ``instruction`` (text) or ``instruction_file``; ``name`` is optional."""
 
-    def __init__(self, manifest: str | os.PathLike, windowing: ClipWindowing, *, require_audio: bool = False):
-        super().__init__(windowing, require_audio)
+    def __init__(self, manifest: str | os.PathLike, windowing: ClipWindowing, *, require_audio: bool = False,
+                 check_path: PathCheck | None = None):
+        super().__init__(windowing, require_audio, check_path)
         self.path = Path(manifest)
         if not self.path.is_file():
             raise FileNotFoundError(f"manifest {self.path} not found; expected a .jsonl file")
@@ -399,18 +443,16 @@ class ManifestPairs(_FilePairs):
                 entry["instruction_file"] = str(base / obj["instruction_file"])
             else:
                 entry["instruction_file"] = ""
+            refused = None
+            for key in ("source", "target", "instruction_file"):
+                if entry.get(key) and refused is None:
+                    refused = self._refused(Path(entry[key]), f"the {key} of {name}")
+            if refused is not None:
+                self._add_bad(name, "refused path", refused)
+                continue
             self._entries.append(entry)
         if not self._entries:
             raise ValueError(f"manifest {self.path} lists no pairs")
-
-    def _add_bad(self, name: str, kind: str, detail: str) -> None:
-        self._bad[len(self._entries)] = [Problem(name, kind, detail)]
-        self._entries.append({"name": name, "instruction": "", "source": None, "target": None, "bad": True})
-
-    def check(self, i: int) -> list[Problem]:
-        if self._entries[i].get("bad"):
-            return list(self._bad[i])
-        return super().check(i)
 
 
 class InMemoryPairs:
@@ -479,13 +521,14 @@ class SyntheticPairs:
         return [PairItem(self.name(i), s.source_video, s.target_video, s.source_audio, s.target_audio, s.instruction)]
 
 
-def open_pairs(path: str | os.PathLike, windowing: ClipWindowing, *, require_audio: bool = False) -> PairSource:
-    """A folder or a ``.jsonl`` manifest, whichever ``path`` is."""
+def open_pairs(path: str | os.PathLike, windowing: ClipWindowing, *, require_audio: bool = False,
+               check_path: PathCheck | None = None) -> PairSource:
+    """A folder or a ``.jsonl`` manifest, whichever ``path`` is; ``check_path``: see :class:`_FilePairs`."""
     path = Path(path)
     if path.is_dir():
-        return FolderPairs(path, windowing, require_audio=require_audio)
+        return FolderPairs(path, windowing, require_audio=require_audio, check_path=check_path)
     if path.suffix.lower() in (".jsonl", ".json"):
-        return ManifestPairs(path, windowing, require_audio=require_audio)
+        return ManifestPairs(path, windowing, require_audio=require_audio, check_path=check_path)
     raise FileNotFoundError(f"dataset {path} not found or not a folder/.jsonl manifest; expected a folder of "
                             "NAME/{source.mp4,target.mp4,instruction.txt} or a JSONL manifest")
 

@@ -224,6 +224,19 @@ def validate(text: object, input_name: str, *, bases: Sequence[Path]) -> bool | 
     return True
 
 
+def check_dataset_file(path: Path, what: str) -> None:
+    """A file or pair folder that a dataset (folder or manifest) names: it must lie in a read root too.
+
+    The message is short (a report lists one per refused pair) and, like every refusal, comes from the
+    text of the path or from inside allowed folders only.
+    """
+    try:
+        check_inside(path, what)
+    except PathRefused:
+        raise PathRefused(f"{what} is outside the folders this server allows (see docs/nodes.md, 'Which "
+                          "folders a workflow can use')") from None
+
+
 # --------------------------------------------------------------------------------------------
 # reading: the bases relative names are looked for in
 # --------------------------------------------------------------------------------------------
@@ -274,6 +287,7 @@ __all__ = [
     "ALLOWED_DIRS_FILE",
     "PathRefused",
     "Root",
+    "check_dataset_file",
     "check_folder_name",
     "check_inside",
     "check_model_name",

@@ -118,7 +118,7 @@ class TrainingData:
                              "or a .jsonl manifest")
         where = paths.resolve(data_path, "data_path", bases=paths.input_bases())  # a linked value too
         windowing = ClipWindowing.from_model(model.config, num_frames=num_frames, stride=window_stride)
-        pairs = open_pairs(where, windowing, require_audio=True)
+        pairs = open_pairs(where, windowing, require_audio=True, check_path=paths.check_dataset_file)
         report = validate_pairs(pairs)
         report.raise_if_problems()
         return (Dataset(pairs=pairs, windowing=windowing, path=data_path, report=str(report)), str(report))

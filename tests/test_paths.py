@@ -274,3 +274,58 @@ def test_without_comfyui_nodes_use_the_model_and_run_folders_only(tmp_path, monk
     assert [r.kind for r in paths.read_roots()] == ["output", "models"]
     assert _validate_data_path(str(tmp_path / "runs" / "x")) is True
     assert "refused" in _validate_data_path(str(tmp_path / "elsewhere"))
+
+
+# --------------------------------------------------------------------------------------------
+# what a dataset names
+# --------------------------------------------------------------------------------------------
+
+
+def _open_error(value: str) -> str:
+    with pytest.raises(ValueError) as info:
+        node("InstructAV2AVTrainingData").open(_tiny_model(), value, "model", 0)
+    return str(info.value)
+
+
+def test_a_manifest_cannot_name_files_outside_the_allowed_folders(comfy):
+    manifest = comfy.input / "pairs.jsonl"
+    manifest.write_text("\n".join([
+        '{"name": "abs", "source": "/etc/passwd", "target": "/etc/hostname", "instruction": "x"}',
+        '{"name": "up", "source": "../../secret/diary", "target": "../../secret/id_rsa", "instruction": "x"}',
+        '{"name": "text", "source": "a.mp4", "target": "b.mp4", "instruction_file": "../../secret/passwords.txt"}',
+        '{"name": "none", "source": "../../secret/nothing.mp4", "target": "../../secret/nothing2.mp4", '
+        '"instruction": "x"}',
+    ]) + "\n")
+    message = _open_error("pairs.jsonl")
+    for name in ("abs", "up", "text", "none"):
+        assert f"{name}: [refused path]" in message, message
+    assert "do not show" not in message and "unreadable" not in message and "missing" not in message
+    # a refused file that exists reads exactly like one that does not
+    lines = {line.split(":")[0].strip(): line for line in message.splitlines() if "refused path" in line}
+    assert lines["up"].replace("up", "X") == lines["none"].replace("none", "X")
+    assert str(comfy.secret) not in message
+
+
+def test_a_dataset_folder_cannot_link_out_of_the_allowed_folders(comfy):
+    data = comfy.input / "data"
+    _write_pairs(data, 1)
+    (data / "linked_pair").symlink_to(comfy.secret, target_is_directory=True)
+    (data / "pair0" / "instruction.txt").unlink()
+    (data / "pair0" / "instruction.txt").symlink_to(comfy.secret / "passwords.txt")
+    message = _open_error("data")
+    assert "linked_pair: [refused path]" in message and "pair0: [refused path]" in message, message
+    assert not any(name in message for name in SECRET_FILES) and "do not show" not in message
+    assert str(comfy.secret) not in message
+
+
+def test_the_command_line_reads_datasets_anywhere(tmp_path):
+    """Not confined: open_pairs without a check reads a manifest's absolute paths as given."""
+    from instructav2av.data.pairs import ClipWindowing, open_pairs
+
+    _write_pairs(tmp_path / "elsewhere", 1)
+    manifest = tmp_path / "m" / "pairs.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_text(f'{{"source": "{tmp_path}/elsewhere/pair0/source.mp4", '
+                        f'"target": "../elsewhere/pair0/target.mp4", "instruction": "x"}}\n')
+    pairs = open_pairs(manifest, ClipWindowing.from_model(_tiny_model().config))
+    assert len(pairs) == 1 and pairs.check(0) == []
