@@ -37,6 +37,7 @@ import torch
 
 from ..data.pairs import LatentItem
 from ..data.synthetic import HELD_OUT_START, SOUNDS, SynthConfig, fit_demo_codecs, make_sample
+from ..models import siga
 from ..models.configs import ModelConfig, get_preset
 from ..weights.io import CheckpointFile, atomic_write, write_safetensors
 from .codecs import DemoAudioCodec, DemoVideoCodec
@@ -235,11 +236,8 @@ def init_from_scratch(model: torch.nn.Module, source_init: str = "negative") -> 
 def apply_variant(model: torch.nn.Module, variant: str) -> None:
     """Make a freshly built or loaded editor the ablation ``variant`` (idempotent; see module doc)."""
     if variant == "no_siga":
-        with torch.no_grad():
-            for tower in (model.video_model, model.audio_model):
-                for block in tower.blocks:
-                    block.cross_attn.gate.weight.zero_()
-                    block.cross_attn.gate.bias.fill_(PINNED_GATE_BIAS)
+        for tower in (model.video_model, model.audio_model):
+            siga.pin_gate(tower.blocks, PINNED_GATE_BIAS)
     elif variant == "no_sc":
         for conv, n in _first_convs(model):
             with torch.no_grad():

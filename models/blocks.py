@@ -15,9 +15,7 @@ from torch import nn
 from .attention import attention
 from .ops import cast_params
 from .rope import apply_rope
-
-# SIGA gate bias at initialisation: G = sigmoid(6) = 0.99753, i.e. "follow the instruction".
-GATE_INIT_BIAS = 6.0
+from .siga import GATE_INIT_BIAS  # noqa: F401  (re-exported: its home is siga.py)
 
 
 class RMSNorm(nn.Module):
@@ -109,7 +107,7 @@ class CrossAttention(SelfAttention):
         self.pre_attn_norm_fusion = LayerNorm(dim, eps, affine=True)
         self.norm_k_fusion = RMSNorm(dim, eps)
         self.editor = editor
-        if editor:  # SIGA source path and gate (docs/design-decisions.md)
+        if editor:  # SIGA source path and gate (siga.MODULES; initialised by siga.py)
             self.k_source = ops.Linear(dim, dim)
             self.v_source = ops.Linear(dim, dim)
             self.norm_k_source = RMSNorm(dim, eps)

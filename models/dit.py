@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import GATE_INIT_BIAS, AudioPatchEmbedding, Block, Head, sinusoidal_embedding
+from . import siga
+from .blocks import AudioPatchEmbedding, Block, Head, sinusoidal_embedding
 from .configs import ModelConfig, TowerConfig
 from .ops import cast_params, get_ops
 from .rope import audio_rope, video_rope
@@ -213,22 +214,14 @@ class AVEditorDiT(nn.Module):
 
         Source half of the patch-embedding input channels = 0; ``k_source``/``v_source``/
         ``norm_k_source`` = copies of the block's ``self_attn.k``/``v``/``norm_k``; ``norm_source``
-        = identity; ``gate.weight`` = 0 and ``gate.bias`` = GATE_INIT_BIAS.
+        = identity; ``gate.weight`` = 0 and ``gate.bias`` = GATE_INIT_BIAS (the table in siga.py).
         """
         if not self.editor:
             raise RuntimeError("init_editor_weights needs a model built with editor=True")
         for tower in (self.video_model, self.audio_model):
             first = tower.patch_embedding if tower.config.modality == "video" else tower.patch_embedding[0]
             first.weight[:, tower.config.in_dim :].zero_()
-            for block in tower.blocks:
-                ca, sa = block.cross_attn, block.self_attn
-                for dst, src in ((ca.k_source, sa.k), (ca.v_source, sa.v), (ca.norm_k_source, sa.norm_k)):
-                    for name, p in dst.named_parameters():
-                        p.copy_(getattr(src, name))
-                ca.norm_source.weight.fill_(1.0)
-                ca.norm_source.bias.zero_()
-                ca.gate.weight.zero_()
-                ca.gate.bias.fill_(GATE_INIT_BIAS)
+            siga.init_modules(tower.blocks)
 
     # -- forward -------------------------------------------------------------------------------
     def forward(
@@ -453,19 +446,12 @@ def editor_state_dict_from_base(base_state_dict: Mapping[str, torch.Tensor], con
         key = _patch_key(tower, prefix)
         w = base_state_dict[key]
         out[key] = torch.cat([w, torch.zeros_like(w)], dim=1)  # source channels start at zero
+        shapes = siga.constant_shapes(tower.dim, tower.num_heads)
         for i in range(tower.num_layers):
             p = f"{prefix}.blocks.{i}."
-            like = base_state_dict[p + "cross_attn.o.bias"]
-            for new, old in (("k_source", "k"), ("v_source", "v")):
-                out[f"{p}cross_attn.{new}.weight"] = base_state_dict[f"{p}self_attn.{old}.weight"].clone()
-                out[f"{p}cross_attn.{new}.bias"] = base_state_dict[f"{p}self_attn.{old}.bias"].clone()
-            out[p + "cross_attn.norm_k_source.weight"] = base_state_dict[
-                p + "self_attn.norm_k.weight"
-            ].clone()
-            out[p + "cross_attn.norm_source.weight"] = torch.ones_like(like)
-            out[p + "cross_attn.norm_source.bias"] = torch.zeros_like(like)
-            out[p + "cross_attn.gate.weight"] = like.new_zeros(tower.num_heads, 3 * tower.dim)
-            out[p + "cross_attn.gate.bias"] = like.new_full((tower.num_heads,), GATE_INIT_BIAS)
+            self_attn = {k[len(p + "self_attn."):]: v for k, v in base_state_dict.items() if k.startswith(p + "self_attn.")}
+            new = siga.init_state(self_attn, shapes, like=base_state_dict[p + "cross_attn.o.bias"])
+            out.update({f"{p}cross_attn.{k}": v for k, v in new.items()})
     return out
 
 
@@ -484,6 +470,8 @@ def init_editor_from_base(
     editor_model.load_state_dict(sd, strict=True, assign=on_meta)
     return editor_model
 
+
+GATE_INIT_BIAS = siga.GATE_INIT_BIAS  # its home is siga.py
 
 __all__ = [
     "AVEditorDiT",

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..files import check_apart
+from ..models import siga
 from ..models.configs import ModelConfig
 from ..training.config import TrainConfig
 from .io import CheckpointFile, atomic_write, write_safetensors
@@ -45,11 +46,10 @@ ADAPTER_NAME = "default"  # peft's adapter name inside the model; never written 
 PROBE_KEY = "__base_probe__"  # bf16 samples of the base weights (see base_fingerprint)
 _PROBES_PER_TENSOR = 8
 _TOWER_PREFIX = {"video": "video_model", "audio": "audio_model"}
-_SIGA_MODULES = ("k_source", "v_source", "norm_k_source", "norm_source", "gate")
 _FUSION_MODULES = ("k_fusion", "v_fusion", "pre_attn_norm_fusion", "norm_k_fusion")
-# The SIGA source projections start as copies of the block's self_attn.k/v (the editor conversion
-# recreates them from Ovi's weights), so a LoRA on them is well defined relative to Ovi alone.
-_SOURCE_PROJECTIONS = ("k_source", "v_source")
+# The SIGA source projections (siga.SOURCE_PROJECTIONS) start as copies of the block's self_attn.k/v
+# (the editor conversion recreates them from Ovi's weights), so a LoRA on them is well defined
+# relative to Ovi alone.
 
 
 class AdapterMismatch(ValueError):
@@ -77,11 +77,11 @@ def is_new_parameter(name: str) -> bool:
     name = _clean(name)
     if name in (_patch_key("video"), _patch_key("audio")):
         return True
-    return bool(re.search(r"\.blocks\.\d+\.cross_attn\.(" + "|".join(_SIGA_MODULES) + r")\.", name))
+    return bool(re.search(r"\.blocks\.\d+\.cross_attn\.(" + "|".join(siga.MODULES) + r")\.", name))
 
 
 def _is_source_projection(name: str) -> bool:
-    return bool(re.search(r"\.cross_attn\.(k_source|v_source)\.", _clean(name)))
+    return bool(re.search(r"\.cross_attn\.(" + "|".join(siga.SOURCE_PROJECTIONS) + r")\.", _clean(name)))
 
 
 def _is_fusion(name: str) -> bool:
@@ -113,7 +113,7 @@ def lora_target_pattern(targets: Iterable[str], towers: Iterable[str], cross_mod
     if not targets:
         raise ValueError("no LoRA targets left for this stage (the fusion layers only train in the joint stage)")
     if source_lora:
-        targets = [*targets, *(f"cross_attn.{m}" for m in _SOURCE_PROJECTIONS)]
+        targets = [*targets, *(f"cross_attn.{m}" for m in siga.SOURCE_PROJECTIONS)]
     towers_re = "|".join(_TOWER_PREFIX[t] for t in towers)
     layers_re = "|".join(re.escape(t) for t in targets)
     return rf"({towers_re})\.blocks\.\d+\.({layers_re})"
@@ -387,14 +387,15 @@ def _check_source_init(model: nn.Module, info: AdapterInfo, params: Mapping[str,
     """A LoRA on ``k_source``/``v_source`` is a delta from their initialisation (copies of the block's
     ``self_attn.k``/``v``): refuse a model whose source projections were changed since."""
     for module in info.lora_modules:
-        m = re.fullmatch(r"(.+\.blocks\.\d+)\.cross_attn\.(k|v)_source", module)
+        m = re.fullmatch(r"(.+\.blocks\.\d+)\.cross_attn\.(" + "|".join(siga.SOURCE_PROJECTIONS) + ")", module)
         if m is None or f"{module}.weight" in info.new_params:
             continue
         current = params[f"{module}.weight"]
-        initial = params[f"{m.group(1)}.self_attn.{m.group(2)}.weight"]
+        origin = siga.COPIED_FROM_SELF_ATTN[f"{m.group(2)}.weight"].removesuffix(".weight")
+        initial = params[f"{m.group(1)}.self_attn.{origin}.weight"]
         if not torch.equal(current, initial.to(current.dtype)):
             raise AdapterMismatch(f"{info.path} adapts {module} as a change from its initialisation (a copy of "
-                                  f"self_attn.{m.group(2)}), but this model's {module} differs from it (an editor "
+                                  f"self_attn.{origin}), but this model's {module} differs from it (an editor "
                                   "with other SIGA weights?); apply it to Ovi's weights or a freshly converted editor")
 
 

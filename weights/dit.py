@@ -34,6 +34,7 @@ from types import MappingProxyType
 import torch
 
 from ..files import check_apart
+from ..models import siga
 from ..models.configs import PRESETS, ModelConfig, get_preset
 from .io import (
     EXPECTED_DTYPES,
@@ -83,8 +84,8 @@ def _file_signature(shapes: Mapping[str, tuple[int, ...]], editor: bool) -> dict
             s["out_dim"] = head[0] // math.prod(s["patch_size"])
         if tower == "audio" and f"{p}.patch_embedding.2.w1.weight" in shapes:
             s["audio_conv_hidden"] = shapes[f"{p}.patch_embedding.2.w1.weight"][0]
-        if editor and f"{p}.blocks.0.cross_attn.gate.weight" in shapes:
-            s["num_heads"] = shapes[f"{p}.blocks.0.cross_attn.gate.weight"][0]
+        if editor and f"{p}.blocks.0.{siga.GATE_WEIGHT_KEY}" in shapes:
+            s["num_heads"] = shapes[f"{p}.blocks.0.{siga.GATE_WEIGHT_KEY}"][0]
         sig[tower] = s
     return sig
 

@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..models.siga import GATE_WEIGHT_KEY
+
 # Wrappers some tools put around a state dict's keys (ComfyUI's model prefix, DDP's module.).
 _WRAPPERS = ("model.diffusion_model.", "diffusion_model.", "module.", "model.")
 _LORA = re.compile(r"lora_[AB]\b|lora_(down|up)\b|lora\.(down|up)|\.lora_|^lora_(unet|te)|hada_w[12]|lokr_w[12]|\.diff_b$")
@@ -58,7 +60,7 @@ def detect_layout(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, 
     sk = [k[len(prefix):] for k in keys]
     towers = {t for t in ("video_model", "audio_model") if any(k.startswith(t + ".") for k in sk)}
     if towers == {"video_model", "audio_model"}:
-        if any(k.endswith(".cross_attn.gate.weight") for k in sk):
+        if any(k.endswith("." + GATE_WEIGHT_KEY) for k in sk):
             ours = (metadata or {}).get("format") == "instructav2av-editor"
             return Layout("editor", "an InstructAV2AV editor (Ovi towers + SIGA)"
                           + ("" if ours else ", without this project's metadata"), prefix)
