@@ -23,6 +23,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("..evaluation.compare", "score an edited clip against its source (SSIM, log-mel, AV offset)"),
     "demo": (".demo", "edit the bundled demo clip with the embedded demo model (or --eval N held-out cases)"),
     "demo-train": (".demo", "train the embedded demo model (reproduces assets/demo; ablation variants)"),
+    "download": (".models", "fetch model files from the Hugging Face hub, verified (--preset ovi-720-5s [--fp8])"),
+    "doctor": (".models", "report versions, devices, attention backends and the state of every model file"),
+    "models": (".models", "list the model files this pack knows, with their folders and URLs"),
 }
 
 
