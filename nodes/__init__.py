@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 
+from . import comfy_env
+
 NODE_MODULES = ("loaders", "demo", "encode", "sample", "decode", "evaluate", "train")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
@@ -21,5 +23,8 @@ for _name in NODE_MODULES:
             raise RuntimeError(f"node id {_node_id} is defined twice (nodes/{_name}.py)")
         NODE_CLASS_MAPPINGS[_node_id] = _cls
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+
+# Inside ComfyUI: register models/mmaudio and create the pack's model folders now, at start-up.
+comfy_env.register_model_folders()
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "NODE_MODULES"]

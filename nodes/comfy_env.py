@@ -60,9 +60,11 @@ def _folder_paths() -> ModuleType | None:
     fp = _module("folder_paths")
     if fp is None:
         return None
-    if "mmaudio" not in fp.folder_names_and_paths:
-        # The same folder WanVideoWrapper's Ovi nodes read (models/mmaudio), so one copy serves both.
-        fp.add_model_folder_path("mmaudio", os.path.join(fp.models_dir, "mmaudio"))
+    default = os.path.join(fp.models_dir, "mmaudio")
+    if default not in fp.folder_names_and_paths.get("mmaudio", ([], None))[0]:
+        # The same folder WanVideoWrapper's Ovi nodes read (models/mmaudio), so one copy serves both; kept
+        # even when extra_model_paths.yaml registered mmaudio folders of its own first.
+        fp.add_model_folder_path("mmaudio", default)
     paths, exts = fp.folder_names_and_paths["mmaudio"]
     if isinstance(exts, set) and not exts:  # registered without extensions: list model files only
         exts.update(fp.supported_pt_extensions)
@@ -71,7 +73,29 @@ def _folder_paths() -> ModuleType | None:
 
 def fallback_models_dir() -> Path:
     """Root of the plain model folders used without ComfyUI (``$INSTRUCTAV2AV_MODELS_DIR`` or ``./models``)."""
-    return Path(os.environ.get(MODELS_DIR_ENV) or Path.cwd() / "models")
+    from ..weights.download import default_models_dir
+
+    return default_models_dir()
+
+
+def register_model_folders() -> list[str]:
+    """At start-up inside ComfyUI: register ``mmaudio`` and create the first folder of each kind this pack
+    reads, so the folders exist before a user looks for them (the frontend's Missing Models dialog also
+    needs ``mmaudio`` registered to offer its files). Returns the folders created; outside ComfyUI, none."""
+    fp = _folder_paths()
+    if fp is None:
+        return []
+    made = []
+    for folder in MODEL_FOLDERS:
+        root = Path(fp.get_folder_paths(folder)[0])
+        if root.is_dir():
+            continue
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            made.append(str(root))
+        except OSError as exc:  # a read-only install: the loaders' messages say where files go
+            logger.warning("InstructAV2AV: could not create the model folder %s (%s)", root, exc)
+    return made
 
 
 def _check_folder(folder: str) -> None:
@@ -104,27 +128,63 @@ def folder_locations(folder: str) -> list[str]:
     return [str(fallback_models_dir() / folder)]
 
 
-def model_path(folder: str, name: str) -> Path:
-    """Full path of the model file ``name`` from ``folder``; a clear error when it is not there."""
+def _user_dirs() -> list[Path]:
+    """A folder the user names (``$INSTRUCTAV2AV_MODELS_DIR``), looked in after ComfyUI's and the HF cache."""
+    if _folder_paths() is None:
+        return []  # outside ComfyUI that folder already is the ComfyUI-like root (folder_locations)
+    env = os.environ.get(MODELS_DIR_ENV)
+    return [Path(env)] if env else []
+
+
+def model_path(folder: str, name: str, *, also: tuple[str, ...] = (), download: bool = False) -> Path:
+    """Full path of the model file ``name`` of ``folder`` (then of the folders in ``also``).
+
+    Looked for in ComfyUI's folders (``extra_model_paths.yaml`` included), then the Hugging Face cache,
+    then ``$INSTRUCTAV2AV_MODELS_DIR``. A registry file found nowhere is fetched into ComfyUI's first
+    folder of its kind when ``download`` (the loaders' *download_missing* switch); otherwise the error
+    names every place looked, the download command and the URL.
+    """
+    from ..weights import registry
     from .paths import check_model_name
 
     _check_folder(folder)
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"no {folder} file chosen; put one in {' or '.join(folder_locations(folder))} and pick it")
+    if not isinstance(name, str) or not name.strip() or name.startswith("(no files in"):
+        raise ValueError(f"no {folder} file chosen; put one in {' or '.join(folder_locations(folder))} and pick it"
+                         f" (known files: {', '.join(e.name for e in registry.for_folder(folder)) or 'none'})")
     check_model_name(name, folder)  # a name from a workflow: never an absolute path or '..'
     fp = _folder_paths()
-    found: str | None = None
     if fp is not None:
-        found = fp.get_full_path(folder, name)
-    else:
-        candidate = fallback_models_dir() / folder / name
-        found = str(candidate) if candidate.is_file() else None
-    if found is None:
-        raise FileNotFoundError(
-            f"model file {name!r} not found in the {folder} folder (looked in {', '.join(folder_locations(folder))}); "
-            f"put it there (see docs/nodes.md for where to get it) and refresh the node list"
-        )
-    return Path(found)
+        for f in (folder, *also):
+            found = fp.get_full_path(f, name)
+            if found is not None:
+                return Path(found)
+    dirs = [d for f in (folder, *also) for d in folder_locations(f)]
+    look = registry.locate(name, folder, comfy_dirs=dirs, user_dirs=_user_dirs())
+    if look.found is not None:
+        return look.found
+    entry = registry.FILES.get(name)
+    if download and entry is not None:
+        return fetch_model(entry)
+    raise registry.MissingModelFile(name, folder, look.looked)
+
+
+def fetch_model(entry) -> Path:
+    """Download a registry file into ComfyUI's first folder of its kind, with the download shown on the node."""
+    from ..weights.download import fetch
+
+    bar: list[Progress] = []
+
+    def progress(done: int, total: int | None) -> None:
+        if total:
+            if not bar:
+                bar.append(Progress(total, f"download {entry.name}"))
+            bar[0].update(done)
+
+    try:
+        return fetch(entry, Path(folder_locations(entry.folder)[0]), progress=progress)
+    finally:
+        if bar:
+            bar[0].close()
 
 
 def choices(folder: str, *extra: str) -> list[str]:
@@ -133,8 +193,13 @@ def choices(folder: str, *extra: str) -> list[str]:
     ComfyUI refuses an empty combo in a saved workflow, so an empty folder still offers one
     entry, which the loader turns into a message saying where to put the file.
     """
+    from ..weights import registry
+
     files = list_models(folder)
-    out = [*extra, *files]
+    # then the registry's files of this folder: usable ones from the HF cache, and the missing ones, so a
+    # workflow naming them validates and the loader can say how to get them (or fetch them)
+    known = [e.name for e in registry.for_folder(folder) if e.name not in files and e.layouts]  # no tokenizers
+    out = [*extra, *files, *known]
     return out or [f"(no files in models/{folder})"]
 
 
@@ -370,6 +435,7 @@ __all__ = [
     "compute_device",
     "fallback_models_dir",
     "folder_locations",
+    "fetch_model",
     "free_memory",
     "intermediate_device",
     "interrupted",
@@ -380,6 +446,7 @@ __all__ = [
     "offload_device",
     "on_compute_device",
     "raise_if_interrupted",
+    "register_model_folders",
     "runs_dir",
     "text_cache_dir",
     "writable_model_folder",

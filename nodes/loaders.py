@@ -40,6 +40,16 @@ def _presets() -> list[str]:
     return [AUTO, *(name for name in PRESETS if name.startswith("ovi-") or name == "demo")]
 
 
+DOWNLOAD_INPUT = {
+    "download_missing": (
+        "BOOLEAN",
+        {"default": False, "tooltip": "Fetch a chosen file that is missing from the Hugging Face hub (this pack's "
+                                      "known files only; verified by size and hash; shown as progress). Off: a "
+                                      "missing file stops the run with the command that fetches it."},
+    ),
+}
+
+
 def _adapter_inputs(n: int) -> dict:
     return {
         f"adapter_{n}": (
@@ -94,11 +104,11 @@ class ModelLoader:
                                                  "shapes)."},
                 ),
             },
-            "optional": {**_adapter_inputs(1), **_adapter_inputs(2)},
+            "optional": {**_adapter_inputs(1), **_adapter_inputs(2), **DOWNLOAD_INPUT},
         }
 
     def load(self, model_name, precision, attention, preset, adapter_1=NONE, adapter_1_strength=1.0,
-             adapter_2=NONE, adapter_2_strength=1.0):
+             adapter_2=NONE, adapter_2_strength=1.0, download_missing=False):
         from ..editing.bundle import apply_adapters
         from ..weights.dit import load_model
 
@@ -106,7 +116,7 @@ class ModelLoader:
             raise ValueError(f"precision must be one of {', '.join(MODEL_PRECISIONS)}, got {precision!r}")
         if attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {attention!r}")
-        path = comfy_env.model_path("diffusion_models", model_name)
+        path = comfy_env.model_path("diffusion_models", model_name, download=bool(download_missing))
         adapters = [(comfy_env.model_path("loras", name), float(strength))
                     for name, strength in ((adapter_1, adapter_1_strength), (adapter_2, adapter_2_strength))
                     if name and name != NONE]
@@ -161,7 +171,8 @@ class VideoVAELoader:
                      "tooltip": "Latent frames (4 video frames each) per VAE call; the causal cache carries context "
                                 "between calls, so only memory and speed change."},
                 ),
-            }
+            },
+            "optional": dict(DOWNLOAD_INPUT),
         }
 
     @classmethod
@@ -170,40 +181,36 @@ class VideoVAELoader:
             return f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})"
         return True
 
-    def load(self, vae_name, precision, tile_size, tile_overlap, frames_per_chunk):
+    def load(self, vae_name, precision, tile_size, tile_overlap, frames_per_chunk, download_missing=False):
         from ..models.codecs.video_vae import VAETiling, load_video_vae
 
         tiling = VAETiling(tile_size=tile_size or None, overlap=tile_overlap if tile_size else 0,
                            frames_per_chunk=frames_per_chunk)
-        path = comfy_env.model_path("vae", vae_name)
+        path = comfy_env.model_path("vae", vae_name, download=bool(download_missing))
         codec = load_video_vae(path, dtype=DTYPES[precision], device=comfy_env.offload_device(), tiling=tiling)
         return (VideoVAEHandle(codec=codec, name=path.name),)
 
 
 def _audio_files() -> list[str]:
-    """MMAudio files from models/mmaudio first, then models/vae (ComfyUI's single-file package lives there)."""
+    """MMAudio files from models/mmaudio first, then models/vae (ComfyUI's single-file package lives there),
+    then the registry's audio files not present (see comfy_env.choices)."""
+    from ..weights import registry
+
     seen = dict.fromkeys([*comfy_env.list_models("mmaudio"), *comfy_env.list_models("vae")])
+    seen.update(dict.fromkeys(e.name for e in registry.for_folder("mmaudio")))
     return list(seen)
 
 
-def _audio_path(name: str) -> Path:
-    try:
-        return comfy_env.model_path("mmaudio", name)
-    except FileNotFoundError:
-        try:
-            return comfy_env.model_path("vae", name)
-        except FileNotFoundError:
-            where = comfy_env.folder_locations("mmaudio") + comfy_env.folder_locations("vae")
-            raise FileNotFoundError(f"audio model file {name!r} not found (looked in {', '.join(where)}); get MMAudio's "
-                                    "v1-16.pth and best_netG.pt (hkchengrex/MMAudio, ext_weights/) and put them in "
-                                    "models/mmaudio") from None
+def _audio_path(name: str, download: bool = False) -> Path:
+    return comfy_env.model_path("mmaudio", name, also=("vae",), download=download)
 
 
 class AudioVAELoader:
     DESCRIPTION = (
         "Loads Ovi's audio codec: the MMAudio 16 kHz VAE (20 latent channels, 31.25 latents/s) and the BigVGAN "
-        "vocoder, from models/mmaudio (or models/vae): MMAudio's v1-16.pth + best_netG.pt, or ComfyUI's single "
-        "file that holds both."
+        "vocoder, from models/mmaudio (or models/vae): the safetensors repacks mmaudio_vae_16k_bf16 + "
+        "mmaudio_vocoder_bigvgan_best_netG_bf16, MMAudio's v1-16.pth + best_netG.pt, or ComfyUI's single file "
+        "that holds both."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -216,23 +223,26 @@ class AudioVAELoader:
         files = _audio_files() or ["(no files in models/mmaudio)"]
         return {
             "required": {
-                "vae_name": (files, {"tooltip": "MMAudio VAE: v1-16.pth (MMAudio) or ComfyUI's single file with the "
-                                                "vocoder inside; from models/mmaudio or models/vae."}),
+                "vae_name": (files, {"tooltip": "MMAudio VAE: mmaudio_vae_16k_bf16.safetensors, v1-16.pth (MMAudio) or "
+                                                "ComfyUI's single file with the vocoder inside; from models/mmaudio "
+                                                "or models/vae."}),
                 "vocoder_name": (
                     [NONE, *_audio_files()],
-                    {"default": NONE, "tooltip": "BigVGAN vocoder best_netG.pt. 'none' when the VAE file already "
-                                                 "holds the vocoder (ComfyUI's single file)."},
+                    {"default": NONE, "tooltip": "BigVGAN vocoder: mmaudio_vocoder_bigvgan_best_netG_bf16.safetensors "
+                                                 "or best_netG.pt. 'none' when the VAE file already holds the "
+                                                 "vocoder (ComfyUI's single file)."},
                 ),
                 "precision": (list(DTYPES), {"default": "fp32", "tooltip": "Compute dtype of the audio codec. "
                                                                           "It is small: fp32 costs little."}),
-            }
+            },
+            "optional": dict(DOWNLOAD_INPUT),
         }
 
-    def load(self, vae_name, vocoder_name, precision):
+    def load(self, vae_name, vocoder_name, precision, download_missing=False):
         from ..models.codecs.audio_vae import load_audio_vae
 
-        vae_path = _audio_path(vae_name)
-        voc_path = None if vocoder_name in (None, "", NONE) else _audio_path(vocoder_name)
+        vae_path = _audio_path(vae_name, bool(download_missing))
+        voc_path = None if vocoder_name in (None, "", NONE) else _audio_path(vocoder_name, bool(download_missing))
         codec = load_audio_vae(vae_path, voc_path, dtype=DTYPES[precision], device=comfy_env.offload_device())
         if getattr(codec, "vocoder", True) is None:
             raise ValueError(f"{vae_path.name} holds no vocoder; choose MMAudio's best_netG.pt as vocoder_name")
@@ -281,6 +291,7 @@ class TextEncoderLoader:
                                                "text_encoders folders; only folders the server allows can be used "
                                                "(docs/nodes.md)."},
                 ),
+                **DOWNLOAD_INPUT,
             },
         }
 
@@ -291,10 +302,10 @@ class TextEncoderLoader:
             return True
         return paths.validate(tokenizer_path, "tokenizer_path", bases=paths.model_bases("text_encoders"))
 
-    def load(self, text_encoder_name, precision, device, cache_embeddings, tokenizer_path=""):
+    def load(self, text_encoder_name, precision, device, cache_embeddings, tokenizer_path="", download_missing=False):
         from ..models.codecs.text_encoder import load_text_encoder
 
-        path = comfy_env.model_path("text_encoders", text_encoder_name)
+        path = comfy_env.model_path("text_encoders", text_encoder_name, download=bool(download_missing))
         tokenizer = None
         if tokenizer_path and tokenizer_path.strip():
             tokenizer = paths.resolve(tokenizer_path, "tokenizer_path", bases=paths.model_bases("text_encoders"))

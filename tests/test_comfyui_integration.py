@@ -70,12 +70,19 @@ def comfyui(tmp_path_factory):
     dirs = {name: work / name for name in ("input", "output", "temp", "user")}
     for d in dirs.values():
         d.mkdir()
+    # the model files live outside the checkout, reached through an extra_model_paths.yaml (as users do);
+    # mmaudio is registered there first, so the pack's start-up creates its folder here, not in the checkout
+    models = work / "models"
+    extra = work / "extra_model_paths.yaml"
+    extra.write_text("instructav2av_test:\n    base_path: " + str(models) + "\n"
+                     + "".join(f"    {f}: {f}\n" for f in ("diffusion_models", "vae", "mmaudio", "text_encoders", "loras")))
     port = _free_port()
     log = (work / "server.log").open("w")
     cmd = [PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
            "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK, "--database-url", "sqlite:///:memory:",
            "--input-directory", str(dirs["input"]), "--output-directory", str(dirs["output"]),
-           "--temp-directory", str(dirs["temp"]), "--user-directory", str(dirs["user"])]
+           "--temp-directory", str(dirs["temp"]), "--user-directory", str(dirs["user"]),
+           "--extra-model-paths-config", str(extra)]
     proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -91,7 +98,7 @@ def comfyui(tmp_path_factory):
                     raise AssertionError(f"ComfyUI did not start in {START_TIMEOUT} s") from None
                 time.sleep(1)
         yield {"url": url, "input": dirs["input"], "output": dirs["output"], "log": work / "server.log", "root": root,
-               "work": work}
+               "work": work, "models": models}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -246,3 +253,60 @@ def test_cancel_stops_the_sampler_within_a_step(comfyui):
     entry = _wait_for(url, prompt_id, RUN_TIMEOUT)
     assert entry["status"]["status_str"] == "success", entry["status"].get("messages")
     assert len({p.name for p in comfyui["output"].rglob("*.mp4")} - before) == 1
+
+
+# registry slot -> (loader node, its input listing files of that kind)
+LOADER_INPUTS = {
+    "model": ("InstructAV2AVModelLoader", "model_name"),
+    "video_vae": ("InstructAV2AVVideoVAELoader", "vae_name"),
+    "audio_vae": ("InstructAV2AVAudioVAELoader", "vae_name"),
+    "vocoder": ("InstructAV2AVAudioVAELoader", "vocoder_name"),
+    "text_encoder": ("InstructAV2AVTextEncoderLoader", "text_encoder_name"),
+}
+
+
+def test_object_info_offers_every_registry_file_in_its_loader(comfyui):
+    from instructav2av.weights import registry
+
+    info = _get(f"{comfyui['url']}/object_info")
+    assert (comfyui["models"] / "mmaudio").is_dir()  # created at start-up
+    for entry in registry.FILES.values():
+        if entry.slot == "tokenizer":
+            continue
+        node, key = LOADER_INPUTS[entry.slot]
+        options = info[node]["input"]["required"][key][0]
+        assert entry.name in options, f"{entry.name} is not offered by {node}.{key}"
+    for node, _ in LOADER_INPUTS.values():
+        assert info[node]["input"]["optional"]["download_missing"][1]["default"] is False
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "workflows").glob("*.json")))
+def test_each_template_validates_with_the_files_it_lists(comfyui, name):
+    """Stand-ins (right names and keys, tiny) for every file a template lists, then POST /prompt: not rejected."""
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from model_standins import write_standin
+
+    from instructav2av.weights import registry
+
+    ui = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+    for m in ui.get("models", []):
+        write_standin(comfyui["models"] / m["directory"] / m["name"], registry.get(m["name"]).slot)
+    info = _get(f"{comfyui['url']}/object_info")  # a fresh listing sees the new files
+    for m in ui.get("models", []):
+        entry = registry.get(m["name"])
+        if entry.slot in LOADER_INPUTS:
+            node, key = LOADER_INPUTS[entry.slot]
+            assert m["name"] in info[node]["input"]["required"][key][0]
+    prompt = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+    for node in prompt.values():
+        if node["class_type"] == "LoadVideo":
+            shutil.copy(ROOT / "assets" / "demo" / "clip.mp4", comfyui["input"] / node["inputs"]["file"])
+    answer = _post(f"{comfyui['url']}/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+    assert answer.get("prompt_id") and not answer.get("node_errors"), answer
+    entry = _wait_for(comfyui["url"], answer["prompt_id"], RUN_TIMEOUT)  # leave the server idle for the next test
+    if ui.get("models"):
+        # the stand-ins are not real weights: the run stops at a loader with a message naming the file
+        errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+        assert errors and "Traceback" not in errors[0]["exception_message"], errors

@@ -24,6 +24,7 @@ from hub_server import COMMIT, HubServer  # noqa: E402
 from model_standins import standin_bytes, write_standin  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-c", "import sys; from instructav2av.cli import main; sys.exit(main(sys.argv[1:]))"]
 TINY = ModelFile("tiny_vae.safetensors", "video_vae", "test-org/tiny", "split_files/vae/tiny_vae.safetensors",
                  "a tiny stand-in")
 
@@ -162,7 +163,7 @@ def test_doctor_reports_a_corrupt_file_and_exits_1(tmp_path):
 def test_doctor_on_a_fresh_machine_prints_a_useful_report_and_exits_0(tmp_path):
     env = {**os.environ, "INSTRUCTAV2AV_MODELS_DIR": str(tmp_path / "models"), "HF_HUB_CACHE": str(tmp_path / "c"),
            "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-m", "instructav2av.cli", "doctor"], capture_output=True, text=True,
+    out = subprocess.run([*CLI, "doctor"], capture_output=True, text=True,
                          env=env, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     for section in ("== versions", "torch ", "== devices", "cpu:", "attention: sdpa", "== memory advice",
@@ -297,7 +298,7 @@ def test_a_really_read_only_folder(tmp_path):
 
 
 def _cli(args, env, **kw):
-    return subprocess.Popen([sys.executable, "-m", "instructav2av.cli", *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -329,3 +330,77 @@ def test_cli_download_through_hf_endpoint_and_a_killed_fetch_leaves_nothing_unde
         proc = _cli(["download", "model.safetensors", "--models-dir", str(models)], env)
         stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "chetwinlow1/Ovi was not found" in stderr and "Traceback" not in stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Inside ComfyUI (stubbed): folders at start-up, the loaders' download switch; the templates
+# --------------------------------------------------------------------------------------------
+
+
+def test_startup_creates_the_model_folders_and_registers_mmaudio(tmp_path):
+    from comfy_stubs import comfy_stubs
+
+    from instructav2av.nodes import comfy_env
+
+    with comfy_stubs(tmp_path) as stubs:
+        made = comfy_env.register_model_folders()
+        assert "mmaudio" in stubs.folder_paths.folder_names_and_paths
+        for folder in comfy_env.MODEL_FOLDERS:
+            assert (tmp_path / folder).is_dir()
+        assert str(tmp_path / "mmaudio") in made
+        assert comfy_env.register_model_folders() == []  # nothing left to create
+
+
+def test_loader_download_switch_fetches_a_missing_file_into_comfyuis_folder(tmp_path, monkeypatch):
+    from comfy_stubs import comfy_stubs
+
+    from instructav2av import NODE_CLASS_MAPPINGS
+    from instructav2av.nodes import comfy_env
+
+    entry = registry.get("wan2.2_vae.safetensors")
+    data = standin_bytes("video_vae")
+    loader = NODE_CLASS_MAPPINGS["InstructAV2AVVideoVAELoader"]()
+    with comfy_stubs(tmp_path / "models") as stubs, HubServer({(entry.repo, entry.path): data}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        assert entry.name in loader.INPUT_TYPES()["required"]["vae_name"][0]  # offered before it exists
+        assert loader.INPUT_TYPES()["optional"]["download_missing"][1]["default"] is False
+        with pytest.raises(MissingModelFile, match="instructav2av download wan2.2_vae.safetensors"):
+            comfy_env.model_path("vae", entry.name)  # the switch is off: nothing is fetched
+        assert not hub.requests
+        path = comfy_env.model_path("vae", entry.name, download=True)
+        assert path == tmp_path / "models" / "vae" / entry.name and path.read_bytes() == data
+        assert stubs.progress and stubs.progress[-1][:2] == (len(data), len(data))  # shown on the node
+
+
+def _template_files(wf: dict) -> list[tuple[str, str]]:
+    """(input, value) of every model-file input of our loaders in an API-format workflow."""
+    out = []
+    for node in wf.values():
+        if node["class_type"].startswith("InstructAV2AV") and "Loader" in node["class_type"]:
+            for key, value in node["inputs"].items():
+                if isinstance(value, str) and (key.endswith("_name") or key.startswith("adapter_")):
+                    out.append((key, value))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "workflows").glob("*.json")))
+def test_templates_name_only_downloadable_files_and_list_them_for_the_frontend(name):
+    import json
+
+    api = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+    ui = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+    listed = {m["name"]: m for m in ui.get("models", [])}
+    for key, value in _template_files(api):
+        if value == "none":
+            continue
+        assert value in registry.FILES, f"{name}: {key} defaults to {value!r}, a file no one can download"
+        assert value in listed, f"{name}: {value} is not in the workflow's models metadata"
+    for m in listed.values():
+        entry = registry.get(m["name"])
+        assert m == registry.workflow_entry(entry.name)
+        # what the frontend's Missing Models dialog accepts for its Download button
+        assert m["url"].startswith("https://huggingface.co/") and m["name"].endswith((".safetensors", ".sft"))
+        assert m["directory"] in ("diffusion_models", "vae", "mmaudio", "text_encoders", "loras")
+    for node in ui["nodes"]:
+        for m in node.get("properties", {}).get("models", []):
+            assert m["name"] in node["widgets_values"], "the frontend only checks models its widgets name"

@@ -179,19 +179,23 @@ def test_importing_the_nodes_does_not_import_comfyui():
 
 def test_plain_model_folders_without_comfyui(tmp_path, monkeypatch):
     monkeypatch.setenv(comfy_env.MODELS_DIR_ENV, str(tmp_path))
-    assert comfy_env.choices("loras", "none") == ["none"]
-    assert comfy_env.choices("vae") == ["(no files in models/vae)"]  # never an empty combo
+    assert comfy_env.choices("loras", "none") == ["none"]  # never an empty combo
+    # a folder with no files offers the registry's files for it (a workflow naming them validates)
+    assert comfy_env.choices("vae") == ["wan2.2_vae.safetensors", "Wan2.2_VAE.pth"]
     (tmp_path / "vae" / "sub").mkdir(parents=True)
     (tmp_path / "vae" / "sub" / "b.safetensors").write_bytes(b"x")
     (tmp_path / "vae" / "a.pth").write_bytes(b"x")
     (tmp_path / "vae" / "notes.txt").write_text("not a model")
     assert comfy_env.list_models("vae") == ["a.pth", "sub/b.safetensors"]
+    assert comfy_env.choices("vae") == ["a.pth", "sub/b.safetensors", "wan2.2_vae.safetensors", "Wan2.2_VAE.pth"]
     assert comfy_env.model_path("vae", "sub/b.safetensors") == tmp_path / "vae" / "sub" / "b.safetensors"
-    with pytest.raises(FileNotFoundError, match=r"'missing.pth' not found in the vae folder .*vae"):
+    with pytest.raises(FileNotFoundError, match=r"'missing.pth' not found. Looked in:\n  - ComfyUI vae folder .*vae"):
         comfy_env.model_path("vae", "missing.pth")
+    with pytest.raises(FileNotFoundError, match=r"(?s)not found.*instructav2av download wan2.2_vae.safetensors.*https://"):
+        node("InstructAV2AVVideoVAELoader").load("wan2.2_vae.safetensors", "bf16", 0, 0, 1)
     with pytest.raises(ValueError, match="unknown model folder"):
         comfy_env.list_models("checkpoints")
-    with pytest.raises(FileNotFoundError, match="diffusion_models"):
+    with pytest.raises((FileNotFoundError, ValueError), match="diffusion_models"):
         node("InstructAV2AVModelLoader").load("(no files in models/diffusion_models)", "bf16", "auto", "auto")
 
 
@@ -210,7 +214,7 @@ def test_comfyui_folders_and_the_mmaudio_folder(tmp_path):
         assert spec["vocoder_name"][0][0] == "none"
         assert comfy_env.model_path("mmaudio", "v1-16.pth") == tmp_path / "mmaudio" / "v1-16.pth"
         assert NODE_CLASS_MAPPINGS["InstructAV2AVVideoVAELoader"].INPUT_TYPES()["required"]["vae_name"][0] == \
-            ["mmaudio_single.safetensors", "wan2.2_vae.safetensors"]
+            ["mmaudio_single.safetensors", "wan2.2_vae.safetensors", "Wan2.2_VAE.pth"]
         with pytest.raises(FileNotFoundError, match="models/mmaudio"):
             node("InstructAV2AVAudioVAELoader").load("gone.pth", "none", "fp32")
     assert not comfy_env.comfy_available()

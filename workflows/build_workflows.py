@@ -19,6 +19,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from instructav2av.weights.registry import preset_files
+
 HERE = Path(__file__).resolve().parent
 PACK_ID = "instructav2av"  # registry id ([project] name)
 PACK_VERSION = "0.1.0"
@@ -49,22 +51,19 @@ CORE_NODES: dict[str, dict] = {
 # Values of core widgets our workflows connect (ComfyUI's defaults), for the UI files' widgets_values.
 CORE_WIDGET_DEFAULTS = {("CreateVideo", "fps"): 30.0}
 
-MODEL_LINKS = {
-    "model.safetensors": ("https://huggingface.co/chetwinlow1/Ovi/resolve/main/model.safetensors", "diffusion_models"),
-    "wan2.2_vae.safetensors": (
-        "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/vae/wan2.2_vae.safetensors",
-        "vae",
-    ),
-    "v1-16.pth": ("https://huggingface.co/hkchengrex/MMAudio/resolve/main/ext_weights/v1-16.pth", "mmaudio"),
-    "best_netG.pt": ("https://huggingface.co/hkchengrex/MMAudio/resolve/main/ext_weights/best_netG.pt", "mmaudio"),
-    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": (
-        "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/text_encoders/"
-        "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-        "text_encoders",
-    ),
-}
+# Every model file a workflow names comes from the registry (weights/registry.py): its URL and folder go
+# into ComfyUI's ``models`` metadata, so the frontend's Missing Models dialog offers it for download.
+EDIT_FILES = {f.slot: f.name for f in preset_files("ovi-720-5s")}
 
-EDIT_NOTE = """## Edit a video with an instruction (InstructAV2AV on Ovi)
+def _edit_note() -> str:
+    from instructav2av.weights import registry
+
+    def link(name: str) -> str:
+        e = registry.get(name)
+        return f"[{e.name}]({e.url})"
+
+    f = EDIT_FILES
+    return f"""## Edit a video with an instruction (InstructAV2AV on Ovi)
 
 1. Load a video with sound (**Load Video**). The model edits **5 s** at 24 fps: longer clips are
    trimmed from *start_seconds*, or split into windows (*length: all windows* in **Encode Source**).
@@ -72,17 +71,22 @@ EDIT_NOTE = """## Edit a video with an instruction (InstructAV2AV on Ovi)
    Everything it does not name is kept.
 3. Queue. **Gate Map** shows where the model chose to edit.
 
-**Models** (see docs/nodes.md)
-- `models/diffusion_models`: [model.safetensors](https://huggingface.co/chetwinlow1/Ovi/resolve/main/model.safetensors) (Ovi)
-  + your InstructAV2AV adapter in `models/loras` (from the training nodes or `instructav2av train`),
-  or an editor file from training.
-- `models/vae`: [wan2.2_vae.safetensors](https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/vae/wan2.2_vae.safetensors)
-- `models/mmaudio`: [v1-16.pth](https://huggingface.co/hkchengrex/MMAudio/resolve/main/ext_weights/v1-16.pth)
-  and [best_netG.pt](https://huggingface.co/hkchengrex/MMAudio/resolve/main/ext_weights/best_netG.pt)
-- `models/text_encoders`: [umt5_xxl_fp8_e4m3fn_scaled.safetensors](https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors)
+**An editor must be trained first.** Ovi's own weights (below) load as an *untrained* editor: it
+regenerates rather than edits until you choose, in **Load Editor Model**, your adapter (`adapter_1`,
+from `models/loras`, made by the training nodes or `instructav2av train`) or an editor file from
+training as `model_name`. Without one, try the CPU demo workflow (`instructav2av_demo_cpu`).
 
-Memory: the editor has 11.7 B parameters (23 GB in bf16, 12 GB as fp8).
+**Models** (the Missing Models dialog offers each; or run `instructav2av download --preset ovi-720-5s`,
+or turn on a loader's *download_missing*):
+- `models/diffusion_models`: {link(f["model"])} (Ovi 1.0, 720x720, 5 s)
+- `models/vae`: {link(f["video_vae"])}
+- `models/mmaudio`: {link(f["audio_vae"])} and {link(f["vocoder"])}
+- `models/text_encoders`: {link(f["text_encoder"])}
+
+Memory: the editor has 11.7 B parameters (23 GB in bf16, 12 GB as fp8). `instructav2av doctor` says
+what this machine has.
 """
+
 
 DEMO_NOTE = """## InstructAV2AV demo (runs on a CPU)
 
@@ -183,17 +187,18 @@ def edit_workflow() -> dict:
         "1": ("LoadVideo", "Load Video (with sound)", 0, {"file": "input_video.mp4"}),
         "2": ("GetVideoComponents", "Get Video Components", 1, {"video": ["1", 0]}),
         "3": ("InstructAV2AVModelLoader", "Load Editor Model", 0, {
-            "model_name": "model.safetensors", "precision": "bf16", "attention": "auto", "preset": "auto",
-            "adapter_1": "instructav2av_adapter.safetensors", "adapter_1_strength": 1.0, "adapter_2": "none",
-            "adapter_2_strength": 1.0}),
+            "model_name": EDIT_FILES["model"], "precision": "bf16", "attention": "auto", "preset": "auto",
+            "adapter_1": "none", "adapter_1_strength": 1.0, "adapter_2": "none",
+            "adapter_2_strength": 1.0, "download_missing": False}),
         "4": ("InstructAV2AVVideoVAELoader", "Load Video VAE", 0, {
-            "vae_name": "wan2.2_vae.safetensors", "precision": "bf16", "tile_size": 256, "tile_overlap": 64,
-            "frames_per_chunk": 1}),
+            "vae_name": EDIT_FILES["video_vae"], "precision": "bf16", "tile_size": 256, "tile_overlap": 64,
+            "frames_per_chunk": 1, "download_missing": False}),
         "5": ("InstructAV2AVAudioVAELoader", "Load Audio VAE", 0, {
-            "vae_name": "v1-16.pth", "vocoder_name": "best_netG.pt", "precision": "fp32"}),
+            "vae_name": EDIT_FILES["audio_vae"], "vocoder_name": EDIT_FILES["vocoder"], "precision": "fp32",
+            "download_missing": False}),
         "6": ("InstructAV2AVTextEncoderLoader", "Load Text Encoder", 0, {
-            "text_encoder_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "precision": "bf16", "device": "auto",
-            "cache_embeddings": True, "tokenizer_path": ""}),
+            "text_encoder_name": EDIT_FILES["text_encoder"], "precision": "bf16", "device": "auto",
+            "cache_embeddings": True, "tokenizer_path": "", "download_missing": False}),
         "7": ("InstructAV2AVInstructionEncode", "Encode Instruction", 1, {
             "text_encoder": ["6", 0],
             "instruction": "replace the speaking man with a young woman in a gray blazer, and his voice with hers",
@@ -203,7 +208,7 @@ def edit_workflow() -> dict:
             "fit": "crop", "length": "one window", "start_seconds": 0.0, "audio": ["2", 1]}),
     }
     nodes.update(_common_tail(9, "3", "4", "5", seed=42, sampling=OVI_SAMPLING, prefix="video/InstructAV2AV"))
-    return {"nodes": nodes, "note": ("Models and how to use", EDIT_NOTE)}
+    return {"nodes": nodes, "note": ("Models and how to use", _edit_note())}
 
 
 WORKFLOWS = {
@@ -223,8 +228,9 @@ def to_api(workflow: dict) -> dict:
 
 
 def _model_entries(values: dict) -> list[dict]:
-    return [{"name": v, "url": MODEL_LINKS[v][0], "directory": MODEL_LINKS[v][1]}
-            for v in values.values() if isinstance(v, str) and v in MODEL_LINKS]
+    from instructav2av.weights import registry
+
+    return [registry.workflow_entry(v) for v in values.values() if isinstance(v, str) and v in registry.FILES]
 
 
 def to_ui(name: str, workflow: dict, defs: dict) -> dict:
