@@ -271,6 +271,7 @@ def reference_wan_t5() -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def reference_mmaudio() -> tuple[dict[str, torch.Tensor], dict]:
+    import copy
     import types
 
     from reference_code import bigvgan_v1_hparams, load_mmaudio_modules
@@ -297,6 +298,11 @@ def reference_mmaudio() -> tuple[dict[str, torch.Tensor], dict]:
         mel_dec = vae.decode(z.transpose(1, 2))
         frames = mel_dec[..., :VOCODER_FRAMES]
         audio = voc(frames)[:, 0]
+        # MMAudio's own bf16 error (weights and inputs in bf16, as Ovi runs the codec)
+        vae16, voc16 = copy.deepcopy(vae).to(torch.bfloat16), copy.deepcopy(voc).to(torch.bfloat16)
+        z16 = vae16.encode(mel.bfloat16()).mean.transpose(1, 2).float()
+        mel16 = vae16.decode(z.transpose(1, 2).bfloat16()).float()
+        audio16 = voc16(frames.bfloat16())[:, 0].float()
     clipped = (audio.abs() >= 0.99).float().mean().item()
     assert 0.05 < audio.std() and clipped < 0.01, "the vocoder output is degenerate or clipped"
     out = {"in.wave": wave, "out.mel": mel, "out.latents": z, "out.mel_decoded": mel_dec, "out.vocoder_input": frames,
@@ -304,7 +310,8 @@ def reference_mmaudio() -> tuple[dict[str, torch.Tensor], dict]:
     out.update({f"buffer.vae.{k}": v for k, v in vae_buffers.items()})
     out.update({f"buffer.vocoder.{k}": v for k, v in voc_buffers.items()})
     meta = dict(case="mmaudio", hidden=MMAUDIO_HIDDEN, channels=BIGVGAN_CHANNELS, vae_manifest=vae_manifest,
-                vocoder_manifest=voc_manifest)
+                vocoder_manifest=voc_manifest,
+                bf16_max_error=dict(latents=maxabs(z16, z), mel_decoded=maxabs(mel16, mel_dec), wave=maxabs(audio16, audio)))
     return out, meta
 
 

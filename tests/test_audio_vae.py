@@ -401,7 +401,11 @@ def test_load_materialises_in_dtype_and_device(files):
         z = model.encode(tone(512 * 6))
         ref_z = _load(files["comfy"]).encode(tone(512 * 6))
     assert z.dtype == torch.float32
-    assert (z - ref_z).abs().max() < 0.1 * ref_z.abs().max()  # bf16 is close, not equal
+    # bf16 is close, not equal: bounded by bf16's own error on this network (the fp32 model under
+    # autocast; measured 1.5e-2 relative, ours 1.8e-2). tests/test_golden.py bounds it by MMAudio's own.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        own = (_load(files["comfy"]).encode(tone(512 * 6)) - ref_z).norm() / ref_z.norm()
+    assert 0 < (z - ref_z).norm() / ref_z.norm() <= 1.5 * own
     with torch.no_grad():
         wave = model.decode(z[:1, :2])
     assert wave.dtype == torch.float32 and wave.shape == (1, 1024) and torch.isfinite(wave).all()

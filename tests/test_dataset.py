@@ -152,11 +152,15 @@ def test_in_memory_pairs_report_mismatched_lengths():
 
 def test_every_source_satisfies_the_protocol(tmp_path):
     pair_folder(tmp_path / "d", "p")
-    sources = [FolderPairs(tmp_path / "d", WINDOWING), SyntheticPairs(2), InMemoryPairs([SyntheticPairs(1).windows(0)[0]])]
-    for s in sources:
+    makers = [lambda: FolderPairs(tmp_path / "d", WINDOWING), lambda: SyntheticPairs(2),
+              lambda: InMemoryPairs([SyntheticPairs(1).windows(0)[0]])]
+    for make in makers:
+        s = make()
         assert isinstance(s, PairSource)
         item = s.windows(0)[0]
-        assert item.check() == [] and s.fingerprint(0) == s.fingerprint(0)
+        # a fingerprint is a function of the content: an independent instance of the same data agrees
+        assert item.check() == [] and s.fingerprint(0) == make().fingerprint(0)
+        assert isinstance(s.fingerprint(0), str) and s.fingerprint(0)
     assert SyntheticPairs(2).fingerprint(0) != SyntheticPairs(2).fingerprint(1)
     assert SyntheticPairs(2, seed=1).fingerprint(0) != SyntheticPairs(2).fingerprint(0)
 

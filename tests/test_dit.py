@@ -196,14 +196,16 @@ def test_bf16_forward_stays_close_to_fp32(tiny, base_model):
     with torch.no_grad():
         ref = base_model(**x)
         out = m16(**x)
+    # measured 0.9-1.1e-2 (bf16 weights and under autocast), Ovi's own bf16 run at this scale 0.9-1.1e-2
+    # (tests/golden/README.md; tests/test_golden.py bounds ours by Ovi's own run)
     for r, o in zip(ref, out):
         assert o.dtype == torch.bfloat16
-        assert rel(o.float(), r) < 0.03
+        assert rel(o.float(), r) < 0.02
     # fp32 weights under CPU autocast (how a trainer may run it)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = base_model(**x)
     for r, o in zip(ref, out):
-        assert rel(o.float(), r) < 0.03
+        assert rel(o.float(), r) < 0.02
 
 
 def test_padded_instruction_slots_match_explicit_padding(tiny, base_model):

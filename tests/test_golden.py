@@ -216,11 +216,14 @@ def mmaudio(tmp_path_factory):
     torch.save({"generator": build_state(meta["vocoder_manifest"], bigvgan_rule, buffers("vocoder"))}, d / "best_netG.pt")
     codec = load_audio_vae(d / "v1-16.pth", d / "best_netG.pt", vae_config=MelVAEConfig(hidden_dim=MMAUDIO_HIDDEN),
                            vocoder_config=BigVGANConfig(upsample_initial_channel=BIGVGAN_CHANNELS))
-    return codec, tensors
+    codec16 = load_audio_vae(d / "v1-16.pth", d / "best_netG.pt", vae_config=MelVAEConfig(hidden_dim=MMAUDIO_HIDDEN),
+                             vocoder_config=BigVGANConfig(upsample_initial_channel=BIGVGAN_CHANNELS),
+                             dtype=torch.bfloat16)
+    return codec, codec16, tensors, meta
 
 
 def test_mmaudio_mel_vae_and_vocoder(mmaudio):
-    codec, gold = mmaudio
+    codec, _, gold, _ = mmaudio
     with torch.no_grad():
         mel = codec.mel(gold["in.wave"])
         z = codec.encode(gold["in.wave"])
@@ -232,3 +235,17 @@ def test_mmaudio_mel_vae_and_vocoder(mmaudio):
         assert ours.shape == ref.shape, f"{name}: {tuple(ours.shape)} vs {tuple(ref.shape)}"
         assert maxabs(ours, ref) < tol, f"{name}: max |diff| {maxabs(ours, ref):.2e}"
         assert ref.std() > 10 * tol
+
+
+def test_mmaudio_bf16_error_is_mmaudios_own(mmaudio):
+    _, codec16, gold, meta = mmaudio
+    own = meta["bf16_max_error"]
+    with torch.no_grad():
+        got = dict(latents=codec16.encode(gold["in.wave"]), mel_decoded=codec16.decode_mel(gold["out.latents"]),
+                   wave=codec16.vocode(gold["out.vocoder_input"]))
+    for name, ours in got.items():
+        truth = gold["out." + name]
+        assert 1e-4 < own[name] < 0.1 * truth.abs().max()
+        assert maxabs(ours, truth) <= BF16_FACTOR * own[name], (
+            f"bf16 {name}: {maxabs(ours, truth):.3e} from the fp32 truth, MMAudio's own bf16 error {own[name]:.3e}"
+        )

@@ -106,7 +106,10 @@ def test_bundle_checks_that_parts_fit(bundle):
 
 
 def test_edit_end_to_end_writes_both_streams(bundle, source, tmp_path):
+    import resource
+
     seen = []
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     result = edit(bundle, source, "make the square red", output=tmp_path / "out.mp4", seed=3,
                   progress=lambda stage, done, total: seen.append((stage, done, total)))
     assert result.output == tmp_path / "out.mp4"
@@ -120,7 +123,12 @@ def test_edit_end_to_end_writes_both_streams(bundle, source, tmp_path):
     # every stage reported and timed, sampling step by step
     assert list(result.timings) == list(pipeline.STAGES)
     assert [s for s in seen if s[0] == "sample"] == [("sample", i, STEPS) for i in range(STEPS + 1)]
-    assert result.peak_memory is not None and result.peak_memory > 2**20
+    # the process's peak RSS so far, in bytes: between the peaks before and after, never falling
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert result.memory_kind == "peak RSS"
+    assert rss_before <= result.peak_memory <= rss_after
+    per_stage = [result.memory[s] for s in pipeline.STAGES]
+    assert per_stage == sorted(per_stage) and per_stage[-1] == result.peak_memory
     summary = result.summary()
     assert all(stage in summary for stage in pipeline.STAGES) and "peak RSS" in summary and "MiB" in summary
 

@@ -164,7 +164,11 @@ def test_tiled_decode_of_the_full_network_blends_without_gaps(vae):
     assert torch.equal(vae.decode(z, tiling=VAETiling(48, 16)), whole)  # 2x3 latents fit one 3x3 tile
     tiled = vae.decode(z, tiling=VAETiling(32, 16))
     assert torch.isfinite(tiled).all() and tiled.abs().max() <= 1
-    assert (tiled - whole).abs().mean() < whole.abs().mean()
+    # random weights spread edge effects far (measured: mean |tiled - whole| = 0.78 mean |whole|), so the
+    # difference alone cannot tell a good blend from a bad one; the blend must keep the amplitude
+    # (measured ratio 1.002; a decode at half amplitude fails here)
+    assert (tiled - whole).abs().mean() < 0.9 * whole.abs().mean()
+    assert tiled.abs().mean() / whole.abs().mean() == pytest.approx(1.0, abs=0.05)
 
 
 def test_progress_reports_and_can_stop(vae):
@@ -241,7 +245,12 @@ def test_bf16_vae_is_close_to_fp32(vae, vae_files):
     x = _video(1, 5, 16, 16, seed=5)
     z, zb = vae.encode(x), bf16.encode(x)
     assert zb.dtype == torch.float32
-    assert (zb - z).abs().max() < 0.1 * z.abs().max()
+    # bounded by bf16's own error on this network: the fp32 model under bf16 autocast (how Wan runs
+    # it); measured 2.9e-3 relative for both (tests/test_golden.py bounds it by Wan's own run)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        own = (vae.encode(x) - z).norm() / z.norm()
+    assert 1e-4 < own < 0.02
+    assert (zb - z).norm() / z.norm() <= 2 * own
 
 
 def test_wrong_files_are_named(vae_files, tmp_path):
