@@ -15,6 +15,7 @@ from instructav2av.data.pairs import InMemoryLatents
 from instructav2av.models.configs import get_preset
 from instructav2av.models.dit import AVEditorDiT
 from instructav2av.training.config import TrainConfig
+from instructav2av.training.lora import lora_target_pattern
 from instructav2av.training.trainer import Trainer
 from instructav2av.weights.adapters import (
     PROBE_KEY,
@@ -23,7 +24,6 @@ from instructav2av.weights.adapters import (
     is_new_parameter,
     load_adapter,
     load_adapters,
-    lora_target_pattern,
     read_adapter_info,
 )
 from instructav2av.weights.dit import load_model, save_editor

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..data.cache import Codecs
 from ..data.pairs import LatentData, LatentItem
-from ..weights.adapters import apply_lora, base_fingerprint, configure_trainable, load_adapters, save_adapter
+from ..weights.adapters import base_fingerprint, load_adapters
 from . import distributed
 from .batches import BatchPlan, dropout_flags, sample_generator, sample_sigma
 from .checkpointing import (
@@ -51,6 +51,7 @@ from .checkpointing import (
 from .config import TrainConfig
 from .distributed import init_distributed
 from .logs import LossLog, plot_loss
+from .lora import apply_lora, configure_trainable, save_adapter
 
 logger = logging.getLogger(__name__)
 
