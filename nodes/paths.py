@@ -71,8 +71,12 @@ def extra_folders() -> list[Path]:
         entries.append((ALLOWED_DIRS_ENV, part))
     file = settings_file()
     if file.is_file():
-        for line in file.read_text(encoding="utf-8").splitlines():
-            entries.append((str(file), line.split("#", 1)[0]))
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:  # a broken setting allows nothing extra, and says so
+            logger.warning("cannot read %s (%s); no extra folders from it", file, exc)
+            lines = []
+        entries += [(str(file), line.split("#", 1)[0]) for line in lines]
     out: list[Path] = []
     for where, raw in entries:
         text = raw.strip()

@@ -152,6 +152,8 @@ def test_the_owner_setting_file_and_variable(comfy, monkeypatch):
     monkeypatch.setenv(paths.ALLOWED_DIRS_ENV, os.pathsep.join([str(comfy.secret), ""]))
     assert _validate_data_path(str(comfy.secret / "diary")) is True
     monkeypatch.delenv(paths.ALLOWED_DIRS_ENV)
+    (pack / paths.ALLOWED_DIRS_FILE).write_bytes(b"\xff\xfe not text")  # broken: allows nothing, no crash
+    assert "refused" in _validate_data_path(str(other))
     (pack / paths.ALLOWED_DIRS_FILE).unlink()
     assert "refused" in _validate_data_path(str(comfy.shared))
 
