@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.description = "Train the editor (stage video, audio or joint) from a TOML config and/or flags."
     parser.add_argument("--config", help="TOML training config (flags below override it)")
     parser.add_argument("--check-data", action="store_true", help="validate the dataset, print the report, and stop")
+    parser.add_argument("--estimate", action="store_true",
+                        help="print the trainable parameters, the adapter's size and an estimate of the accelerator "
+                             "memory, and stop (loads nothing)")
     group = parser.add_argument_group("training options (see training/config.py; TOML keys use underscores)")
     for name, default, kind in config_fields():
         flag = "--" + name.replace("_", "-")
@@ -77,12 +81,35 @@ def _merge(args: argparse.Namespace) -> int:
     *adapters, out = args.adapters
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     try:
+        companions = demo_companions(Path(args.base), Path(out))  # checked before the merge writes anything
         path = merge_adapter_file(args.base, adapters, out, dtype=dtype, overwrite=args.overwrite)
+        for src, dst in companions:
+            if not dst.exists():
+                shutil.copyfile(src, dst)
+                sys.stdout.write(f"copied {src.name} beside it (the demo bundle's codecs and vocabulary)\n")
     except FileExistsError as exc:  # cli.main reports ValueError/RuntimeError/FileNotFoundError only
         sys.stderr.write(f"error: {exc}\n")
         return 1
     sys.stdout.write(f"wrote {path}\n")
     return 0
+
+
+def demo_companions(base: Path, out: Path) -> list[tuple[Path, Path]]:
+    """(source, destination) of the files a demo editor needs beside it, when ``base`` is a demo
+    bundle's editor: merging into it must give a loadable bundle, not an editor file alone. Refuses
+    (before merging) when OUT's folder holds different files of those names."""
+    from ..demo.recipe import CODECS_FILE, RECIPE_FILE, VOCAB_FILE
+
+    folder = base.expanduser().parent
+    if not all((folder / f).is_file() for f in (CODECS_FILE, VOCAB_FILE)):
+        return []  # not a demo bundle: an Ovi or editor file needs nothing beside it
+    pairs = [(folder / f, out.expanduser().parent / f) for f in (CODECS_FILE, VOCAB_FILE, RECIPE_FILE)
+             if (folder / f).is_file()]
+    for src, dst in pairs:
+        if dst.exists() and not dst.samefile(src) and dst.read_bytes() != src.read_bytes():
+            raise FileExistsError(f"{dst} exists and differs from the base bundle's {src}; a demo editor reads its "
+                                  f"codecs and vocabulary from its own folder: write OUT into another folder")
+    return pairs
 
 
 def _model_config(config: TrainConfig) -> ModelConfig:
@@ -126,10 +153,13 @@ def check_outputs_apart(config: TrainConfig) -> None:
 
     out = Path(config.output_dir).expanduser()
     cache = Path(config.cache_dir).expanduser() if config.cache_dir else out / "cache"
+    from ..data.pairs import synthetic_spec
+
     inputs = [("training data", config.data), ("validation data", config.validation_data),
               ("base checkpoint", config.base), ("video VAE", config.video_vae), ("audio VAE", config.audio_vae),
-              ("text encoder", config.text_encoder), *(("initial adapter", p) for p in config.init_adapters)]
-    inputs = [(label, p) for label, p in inputs if p]
+              ("vocoder", config.vocoder), ("text encoder", config.text_encoder),
+              *(("initial adapter", p) for p in config.init_adapters)]
+    inputs = [(label, p) for label, p in inputs if p and synthetic_spec(p) is None]  # synthetic: no file
     check_apart(out, inputs, what="output_dir")
     check_apart(cache, inputs, what="cache_dir")
     written = [out / "checkpoints", out / "validation", out / "loss.csv", out / "loss.png", cache]
@@ -140,25 +170,107 @@ def check_outputs_apart(config: TrainConfig) -> None:
                                     "or choose another output_dir/cache_dir")
 
 
+# Presets that train with no model file at all (a stand-in bundle: see standin_bundle).
+STANDIN_PRESETS = ("tiny", "small")
+_FILES = (("base", "the editor or Ovi checkpoint", "model.safetensors (Ovi) or an editor file"),
+          ("video_vae", "the Wan2.2 video VAE", "Wan2.2_VAE.pth"),
+          ("audio_vae", "the MMAudio audio VAE", "v1-16.pth (+ vocoder = best_netG.pt)"),
+          ("text_encoder", "the umT5 text encoder", "models_t5_umt5-xxl-enc-bf16.pth"))
+
+
+def standin_bundle(model_config: ModelConfig, device: str | torch.device = "cpu", seed: int = 0) -> EditorBundle:
+    """What ``train`` uses for the ``tiny``/``small`` presets when no file is named: a freshly
+    initialised editor of the preset (seeded: every run with the same seed gets the same base, so a
+    stage-2 run accepts the stage-1 adapters), the demo codecs (exact, weight-free; the audio MDCT
+    with as many bins as the preset's audio channels) and :class:`HashedWordEncoder`. For trying the
+    whole training path with no download; an adapter trained on it only fits this stand-in base."""
+    from ..demo.codecs import VIDEO_LATENT_CHANNELS, DemoAudioCodec, DemoVideoCodec
+    from ..demo.text import HashedWordEncoder
+    from ..editing.bundle import EditorBundle
+    from ..models.dit import AVEditorDiT
+
+    if model_config.video.in_dim != VIDEO_LATENT_CHANNELS:
+        raise ValueError(f"preset {model_config.name} has {model_config.video.in_dim} video latent channels; the "
+                         f"stand-in video codec makes {VIDEO_LATENT_CHANNELS}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AVEditorDiT(model_config, editor=True)
+        with torch.no_grad():  # Ovi zero-initialises the output heads, which would stop every gradient
+            for tower in (model.video_model, model.audio_model):
+                tower.head.head.weight.normal_(std=0.05)
+    audio = DemoAudioCodec(hop=model_config.audio.in_dim, sample_rate=model_config.sample_rate)
+    text = HashedWordEncoder(model_config.video.text_len, model_config.video.text_dim)
+    model.source_file = f"stand-in {model_config.name} editor (seed {seed})"
+    return EditorBundle(model.to(device), DemoVideoCodec().to(device), audio.to(device), text, model_config,
+                        device=device, dtype=torch.float32, name=f"{model_config.name}-standin")
+
+
+def check_files(config: TrainConfig) -> None:
+    """Refuse, in ``train``'s own terms, a run whose model files are missing (before anything loads)."""
+    from ..editing.bundle import bundle_loaders
+
+    if config.preset in STANDIN_PRESETS and not any(getattr(config, k) for k, _, _ in _FILES):
+        return
+    if config.preset in bundle_loaders():  # a bundled model (demo): its files ship with the package
+        return
+    problems = []
+    for key, what, name in _FILES:
+        value = getattr(config, key)
+        if not value:
+            problems.append(f"  - {key} (--{key.replace('_', '-')} PATH): {what}, e.g. {name}: not given")
+        elif not Path(value).expanduser().exists():
+            problems.append(f"  - {key} (--{key.replace('_', '-')} PATH): {value} does not exist")
+    if config.vocoder and not Path(config.vocoder).expanduser().exists():
+        problems.append(f"  - vocoder (--vocoder PATH): {config.vocoder} does not exist")
+    if problems:
+        raise FileNotFoundError(
+            "missing model files for training (set them in the config file or with these flags; nothing is "
+            "downloaded, docs/training.md lists where to get them):\n" + "\n".join(problems)
+            + f"\n(or train with no file at all: --preset {' / '.join(STANDIN_PRESETS)} (a stand-in base) or "
+            f"--preset {' / '.join(bundle_loaders())} (the bundled demo editor), e.g. with --data synthetic:64)")
+
+
+def _load_bundle(config: TrainConfig, model_config: ModelConfig, device: torch.device) -> EditorBundle:
+    from ..editing.bundle import bundle_loaders, load_bundle
+
+    if config.preset in STANDIN_PRESETS and not any(getattr(config, k) for k, _, _ in _FILES):
+        logger.info("preset %s with no model files: a stand-in editor, the demo codecs and hashed-word instructions",
+                    config.preset)
+        # one base for every run (not the run's seed): stage 2 must find the base its stage-1 adapters know
+        return standin_bundle(model_config, device)
+    if config.preset in bundle_loaders():
+        return load_bundle(preset=config.preset, model=config.base or None, device=device, dtype=torch.bfloat16)
+    model: object = Path(config.base).expanduser()
+    if config.base_precision == "fp8":  # frozen weights stored in fp8 and cast per layer call
+        from ..weights.dit import load_model
+
+        model, _ = load_model(model, preset=config.preset or None, editor=True, dtype=torch.bfloat16, device=device,
+                              ops="cast", weight_dtype=torch.float8_e4m3fn)
+    bundle = load_bundle(model=model, video_vae=config.video_vae, audio_vae=config.audio_vae,
+                         vocoder=config.vocoder or None, text_encoder=config.text_encoder,
+                         preset=config.preset or None, device=device, dtype=torch.bfloat16)
+    bundle.model.source_file = Path(config.base).name
+    return bundle
+
+
 def run_training(config: TrainConfig, bundle: EditorBundle | None = None, *, progress: ProgressFn | None = None,
                  should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Everything ``instructav2av train`` does after parsing: validate the data (raises with the full
     report), load the model and codecs (``bundle``: a ``pipeline.EditorBundle`` to use instead),
-    build the latent cache, train. Returns the :class:`~.trainer.TrainResult`."""
+    build the latent cache, free the text encoder and park the codecs on the CPU (the accelerator
+    is training's alone), train. Returns the :class:`~.trainer.TrainResult`."""
     from ..data.cache import Codecs, LatentCache
     from ..training.trainer import Trainer, init_distributed
 
     check_outputs_apart(config)
+    if bundle is None:
+        check_files(config)
     rank, world = init_distributed()
     pairs, report = check_dataset(config, bundle.config if bundle is not None else None)
     report.raise_if_problems()
     if bundle is None:
-        from ..editing.bundle import load_bundle
-
-        device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else "cpu"
-        bundle = load_bundle(model=config.base or None, video_vae=config.video_vae or None,
-                             audio_vae=config.audio_vae or None, text_encoder=config.text_encoder or None,
-                             preset=config.preset or None, device=device, dtype=torch.bfloat16)
+        device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else torch.device("cpu")
+        bundle = _load_bundle(config, _model_config(config), device)
     codecs = Codecs.from_bundle(bundle)
     cache_dir = Path(config.cache_dir or Path(config.output_dir) / "cache")
     cache = LatentCache(cache_dir, codecs)
@@ -178,7 +290,12 @@ def run_training(config: TrainConfig, bundle: EditorBundle | None = None, *, pro
             validate_pairs(vpairs).raise_if_problems()
             vdata = LatentCache(cache_dir / "validation", codecs).build(vpairs)
         validation = [vdata.item(i, 0) for i in range(min(config.validation_count, len(vdata)))]
-    trainer = Trainer(bundle.model, config, data, empty_context=cache.empty_prompt(), validation=validation,
+    empty = cache.empty_prompt()
+    # Everything is encoded: the text encoder (umT5: 11 GB in bf16) and the VAEs would only take
+    # accelerator memory from training. The codecs come back for validation edits only.
+    codecs.offload()
+    bundle.text_encoder = None
+    trainer = Trainer(bundle.model, config, data, empty_context=empty, validation=validation,
                       codecs=codecs, progress=progress if progress is not None else (_progress if rank == 0 else None),
                       should_stop=should_stop)
     return trainer.train()
@@ -186,6 +303,11 @@ def run_training(config: TrainConfig, bundle: EditorBundle | None = None, *, pro
 
 def _train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if args.estimate:
+        from ..training.footprint import describe
+
+        sys.stdout.write(describe(_model_config(config), config) + "\n")
+        return 0
     if args.check_data:
         _, report = check_dataset(config)
         sys.stdout.write(str(report) + "\n")
@@ -211,4 +333,5 @@ def _progress(step: int, total: int, loss: float, eta: float) -> None:
         logger.info("%d/%d (%.0f%%) loss %.5f, %.0f min left", step, total, 100 * step / total, loss, eta / 60)
 
 
-__all__ = ["register", "config_from_args", "check_dataset", "check_outputs_apart", "run_training"]
+__all__ = ["register", "config_from_args", "check_dataset", "check_outputs_apart", "check_files", "run_training",
+           "standin_bundle", "STANDIN_PRESETS"]

@@ -75,6 +75,7 @@ class Codecs:
     identity: str = ""
     device: torch.device | str = "cpu"
     dtype: torch.dtype = torch.float32
+    parked: bool = False  # codecs kept on the CPU between uses (see offload)
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> Codecs:
@@ -120,7 +121,30 @@ class Codecs:
     def decode(self, modality: str, latents: torch.Tensor) -> torch.Tensor:
         """Latents with a batch dim -> video ``[B, 3, T, H, W]`` or audio ``[B, N]`` (float32, CPU)."""
         codec = getattr(self, modality)
-        return codec.decode(latents.to(torch.device(self.device), self._dtype(codec))).float().cpu()
+        parked = self.parked and hasattr(codec, "to")
+        if parked:  # on the accelerator only while it decodes (a validation edit)
+            codec = codec.to(torch.device(self.device))
+        try:
+            return codec.decode(latents.to(torch.device(self.device), self._dtype(codec))).float().cpu()
+        finally:
+            if parked:
+                codec.to("cpu")
+
+    def offload(self) -> None:
+        """Give the accelerator to training once everything is cached: drop the text encoder (moved to
+        the CPU first, in case someone else holds it) and park the codecs on the CPU; :meth:`decode`
+        brings a codec back only while it decodes. Encoding afterwards needs a new ``Codecs``."""
+        self.resolved_identity()  # the cache key needs the parts; fix it before they go
+        if self.text is not None and hasattr(self.text, "to"):
+            self.text.to("cpu")
+        self.text = None
+        for m in ("video", "audio"):
+            codec = getattr(self, m)
+            if codec is not None and hasattr(codec, "to"):
+                setattr(self, m, codec.to("cpu"))
+        self.parked = True
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def can_decode(self) -> bool:
         return all(hasattr(getattr(self, m), "decode") for m in ("video", "audio"))

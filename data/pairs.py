@@ -521,9 +521,33 @@ class SyntheticPairs:
         return [PairItem(self.name(i), s.source_video, s.target_video, s.source_audio, s.target_audio, s.instruction)]
 
 
+SYNTHETIC_PREFIX = "synthetic:"
+SYNTHETIC_HELDOUT_PREFIX = "synthetic-heldout:"
+
+
+def synthetic_spec(spec: str) -> tuple[str, int, int] | None:
+    """``(split, count, seed)`` of a synthetic-data spec (``synthetic:COUNT[:SEED]`` or
+    ``synthetic-heldout:COUNT[:SEED]``), None for anything else (a path); a malformed spec raises."""
+    text = str(spec).strip()
+    for prefix, split in ((SYNTHETIC_PREFIX, "train"), (SYNTHETIC_HELDOUT_PREFIX, "heldout")):
+        if text.startswith(prefix):
+            parts = text[len(prefix):].split(":")
+            if len(parts) in (1, 2) and all(p.strip().isdigit() for p in parts) and int(parts[0]) > 0:
+                return split, int(parts[0]), int(parts[1]) if len(parts) == 2 else 0
+            raise ValueError(f"{text!r}: expected {prefix}COUNT or {prefix}COUNT:SEED (COUNT >= 1 pairs of the "
+                             "synthetic domain, e.g. synthetic:64)")
+    return None
+
+
 def open_pairs(path: str | os.PathLike, windowing: ClipWindowing, *, require_audio: bool = False,
                check_path: PathCheck | None = None) -> PairSource:
-    """A folder or a ``.jsonl`` manifest, whichever ``path`` is; ``check_path``: see :class:`_FilePairs`."""
+    """A folder or a ``.jsonl`` manifest, whichever ``path`` is (``check_path``: see :class:`_FilePairs`); or ``synthetic:COUNT[:SEED]``
+    (``synthetic-heldout:...``): pairs of the synthetic domain (:mod:`.synthetic`), made on the fly
+    (32x32 pixels, 17 frames at 16 fps, 16 kHz audio, whatever ``windowing`` says)."""
+    spec = synthetic_spec(str(path))
+    if spec is not None:
+        split, count, seed = spec
+        return SyntheticPairs(count, seed=seed, split=split)
     path = Path(path)
     if path.is_dir():
         return FolderPairs(path, windowing, require_audio=require_audio, check_path=check_path)

@@ -399,7 +399,13 @@ def _bundle_folder(model: str | Path | None) -> tuple[Path, Path]:
     folder, editor = (path, path / EDITOR_FILE) if path.is_dir() or model is None else (path.parent, path)
     missing = [str(p) for p in (editor, folder / CODECS_FILE, folder / VOCAB_FILE) if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"demo bundle incomplete: {', '.join(missing)} not found; rebuild it with "
+        if editor.is_file():  # an editor without its companions, e.g. from merge-adapter into another folder
+            raise FileNotFoundError(
+                f"demo bundle incomplete: {', '.join(missing)} not found. A demo editor reads the codecs and "
+                f"vocabulary of the bundle it came from beside it: copy {CODECS_FILE} and {VOCAB_FILE} from that "
+                f"bundle's folder (the shipped one: {ASSETS}) into {folder} (`instructav2av merge-adapter` does "
+                "this itself when its base is a demo bundle's editor)")
+        raise FileNotFoundError(f"demo bundle incomplete: {', '.join(missing)} not found; write a bundle with "
                                 f"`instructav2av demo-train --out {folder}` (see assets/demo/README.md)")
     return folder, editor
 

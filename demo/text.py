@@ -169,4 +169,34 @@ class DemoTextEncoder:
             raise ValueError(f"{path} lacks a field of the vocabulary file ({exc})") from None
 
 
-__all__ = ["DemoTextEncoder", "build_vocabulary", "split_words", "SPECIAL_TOKENS", "UNK", "EOS"]
+class HashedWordEncoder:
+    """A stand-in instruction encoder with no vocabulary and no weights, for presets whose ``text_dim``
+    is too small for :class:`DemoTextEncoder`'s one-hots (``tiny``, ``small``): every word becomes a
+    fixed pseudo-random vector seeded by a hash of the word (so any text encodes, the same on every
+    machine), plus ``<eos>``; at most ``text_len`` tokens. It lets the trainer run end to end without
+    any file; what it learns is tied to this encoder, not to umT5."""
+
+    def __init__(self, text_len: int, text_dim: int):
+        if text_len < 1 or text_dim < 1:
+            raise ValueError(f"text_len={text_len}, text_dim={text_dim}; expected both >= 1")
+        self.text_len, self.text_dim = text_len, text_dim
+
+    @property
+    def identity(self) -> str:
+        return f"hashed-words-v1-{self.text_len}x{self.text_dim}"
+
+    def _vector(self, word: str) -> torch.Tensor:
+        seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little") >> 1
+        return torch.randn(self.text_dim, generator=torch.Generator().manual_seed(seed))
+
+    def encode(self, texts: list[str]) -> list[torch.Tensor]:
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a list of strings; wrap a single instruction in a list")
+        out = []
+        for text in texts:
+            words = split_words(text)[: self.text_len - 1] + [EOS]
+            out.append(torch.stack([self._vector(w) for w in words]))
+        return out
+
+
+__all__ = ["DemoTextEncoder", "HashedWordEncoder", "build_vocabulary", "split_words", "SPECIAL_TOKENS", "UNK", "EOS"]

@@ -36,6 +36,7 @@ TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
 SCHEDULERS = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "adamw8bit")
 PRECISIONS = ("bf16", "no")
+BASE_PRECISIONS = ("bf16", "fp8")
 DISTRIBUTED = ("ddp", "fsdp")
 
 # Inside a block: attention and FFN projections of Ovi's layers (the SIGA source path and gate are
@@ -75,6 +76,7 @@ RESUME_NEUTRAL = frozenset(
         "base",
         "video_vae",
         "audio_vae",
+        "vocoder",
         "text_encoder",
     }
 )
@@ -97,9 +99,10 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
     train_new_params: bool = True  # the editor's new parameters (SC input channels, SIGA path and gate)
     new_params_lr_scale: float = 10.0
-    # SIGA's k_source/v_source (dim x dim per block: 1.1 B parameters at Ovi's size) in full, or as LoRA
-    # deltas from their initialisation (far less optimizer memory and a small adapter file)
-    source_path: str = "full"
+    # SIGA's k_source/v_source (dim x dim per block: 1.1 B parameters at Ovi's size) as LoRA deltas from
+    # their initialisation (default: 16 M trainable new parameters instead of 1.15 B, an adapter of
+    # ~0.9 GB instead of ~5 GB at Ovi's size), or "full" (full rank: ~20 GB more optimizer state)
+    source_path: str = "lora"
     init_adapters: tuple[str, ...] = ()  # adapter files of earlier stages (stage 2 starts from stage 1)
 
     # -- optimisation ------------------------------------------------------------------------
@@ -133,11 +136,16 @@ class TrainConfig:
 
     # -- precision and memory ----------------------------------------------------------------
     mixed_precision: str = "bf16"
-    gradient_checkpointing: bool = False
+    # frozen base weights on the accelerator: "bf16", or "fp8" storage (cast per layer call; half the
+    # memory: Ovi's 12.8 B parameters are 25.6 GB in bf16, more than a 24 GB card holds)
+    base_precision: str = "bf16"
+    gradient_checkpointing: bool = True  # at Ovi's size a 121-frame window needs it below 80 GB
     distributed: str = "ddp"  # with several processes: "ddp", or "fsdp" (full fine-tune)
 
     # -- data (the CLI builds the dataset from these; the Python API takes dataset objects) ---
-    data: str = ""  # a folder of NAME/{source.mp4,target.mp4,instruction.txt} or a .jsonl manifest
+    # a folder of NAME/{source.mp4,target.mp4,instruction.txt}, a .jsonl manifest, or synthetic:COUNT[:SEED]
+    # (pairs of the synthetic domain, made on the fly; validation_data: synthetic-heldout:COUNT)
+    data: str = ""
     validation_data: str = ""
     cache_dir: str = ""  # default: <output_dir>/cache
     num_frames: int = 0  # frames per training window (1 + 4k); 0 = the preset's
@@ -152,6 +160,7 @@ class TrainConfig:
     preset: str = ""  # "" = detected from the file
     video_vae: str = ""
     audio_vae: str = ""
+    vocoder: str = ""  # MMAudio's best_netG.pt, when the audio VAE file does not hold it (validation edits)
     text_encoder: str = ""
 
     # -- outputs -----------------------------------------------------------------------------
@@ -211,6 +220,7 @@ def _problems(c: TrainConfig):
     yield from one_of("lr_scheduler", SCHEDULERS)
     yield from one_of("optimizer", OPTIMIZERS)
     yield from one_of("mixed_precision", PRECISIONS)
+    yield from one_of("base_precision", BASE_PRECISIONS)
     yield from one_of("distributed", DISTRIBUTED)
     for name in ("lora_rank", "steps", "batch_size", "grad_accum", "keep_checkpoints",
                  "validation_count", "validation_steps"):
@@ -348,13 +358,16 @@ def load_train_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     return config_from_dict(overrides, base=config) if overrides else config
 
 
-_PATH_FIELDS = ("data", "validation_data", "cache_dir", "base", "video_vae", "audio_vae", "text_encoder", "output_dir")
+_PATH_FIELDS = ("data", "validation_data", "cache_dir", "base", "video_vae", "audio_vae", "vocoder", "text_encoder",
+                "output_dir")
 
 
 def _relative_to(config: TrainConfig, folder: Path) -> TrainConfig:
     changes: dict[str, Any] = {}
     for name in _PATH_FIELDS:
         value = getattr(config, name)
+        if name in ("data", "validation_data") and value.startswith(("synthetic:", "synthetic-heldout:")):
+            continue  # the synthetic domain, not a path
         if value and not Path(value).expanduser().is_absolute():
             changes[name] = str(folder / value)
     if config.init_adapters:

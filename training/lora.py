@@ -40,6 +40,8 @@ from ..weights.adapters import (  # the format's own helpers: which parameters a
     _tower_of,
     base_fingerprint,
     is_new_parameter,
+    source_base_identity,
+    source_lora_modules,
 )
 from ..weights.io import atomic_write, write_safetensors
 from .config import TrainConfig
@@ -71,7 +73,9 @@ def apply_lora(model: nn.Module, config: TrainConfig) -> list[str]:
 
     pattern = lora_target_pattern(config.lora_targets, config.towers, config.cross_modal,
                                   source_lora=config.source_path == "lora")
-    found = [n for n, _ in model.named_modules() if re.fullmatch(pattern, n)]
+    # the user's targets must match on their own (the source projections are always there)
+    own = lora_target_pattern(config.lora_targets, config.towers, config.cross_modal)
+    found = [n for n, _ in model.named_modules() if re.fullmatch(own, n)]
     if not found:
         raise ValueError(f"lora_targets {list(config.lora_targets)} match no layer of the {config.stage} stage; "
                          "expected layer paths inside a block such as 'self_attn.q', 'cross_attn.o', 'ffn.0'")
@@ -182,6 +186,8 @@ def save_adapter(
         "preset": model_config.name,
         "config": json.dumps(model_config.to_dict()),
         "base_hash": base_hash,
+        # the file the base came from (loaders set model.source_file), so a mismatch can name it
+        "base_file": str(getattr(model, "source_file", "") or "unknown (not recorded by the caller)"),
         "base_dtype": str(_stored_dtype(model)).removeprefix("torch."),
         "stage": config.stage,
         "towers": ",".join(config.towers),
@@ -190,6 +196,9 @@ def save_adapter(
         "alpha": str(config.lora_alpha),
         "targets": json.dumps(list(config.lora_targets)),
         "source_path": config.source_path,
+        # what a LoRA on the SIGA source path is a delta from (weights.adapters checks it on loading)
+        "source_base": source_base_identity(model, source_lora_modules(tensors)) if config.source_path == "lora"
+        else "",
         "steps": str(int(steps)),
         "new_params": str(len(new_keys)),
         "train_config": json.dumps(config.run_dict(), sort_keys=True),

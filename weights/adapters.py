@@ -126,7 +126,11 @@ def base_fingerprint(model: nn.Module) -> tuple[str, torch.Tensor]:
     for key, t in sorted(_base_tensors(model).items()):
         flat = t.detach().reshape(-1)
         idx = torch.linspace(0, flat.numel() - 1, _PROBES_PER_TENSOR).round().long() if flat.numel() else None
-        probe = (flat[idx.to(flat.device)].float() if idx is not None else torch.zeros(0)).to("cpu", torch.bfloat16)
+        if idx is not None and flat.element_size() == 1 and flat.is_floating_point():  # fp8: no indexing kernels
+            picked = flat.view(torch.uint8)[idx.to(flat.device)].view(flat.dtype).float()
+        else:
+            picked = flat[idx.to(flat.device)].float() if idx is not None else torch.zeros(0)
+        probe = picked.to("cpu", torch.bfloat16)
         h.update(f"{key}:{list(t.shape)};".encode())
         h.update(probe.view(torch.int16).numpy().tobytes())
         probes.append(probe)
@@ -203,34 +207,79 @@ def check_adapter_fits(model: nn.Module, info: AdapterInfo, *, probe: torch.Tens
     base_hash, model_probe = base_fingerprint(model)
     if info.base_hash == base_hash:
         return
-    if probe is not None and probe.shape == model_probe.shape and _stored_dtype(model) not in (
-            torch.float32, torch.bfloat16, torch.float16):
-        # fp8 storage rounds the weights: compare the probes with fp8's relative precision instead.
+    fp8 = _stored_dtype(model) not in (torch.float32, torch.bfloat16, torch.float16) or (
+        info.metadata.get("base_dtype", "").startswith("float8"))
+    if probe is not None and probe.shape == model_probe.shape and fp8:
+        # fp8 storage (of the model, or of the base the adapter was trained on) rounds the weights:
+        # compare the probes with fp8's relative precision instead.
         err = (probe.float() - model_probe.float()).abs()
         if bool((err <= 0.07 * probe.float().abs() + 1e-3).all()):
             logger.info("%s: base matches within fp8 rounding (model weights stored as %s)", info.path.name,
                         _stored_dtype(model))
             return
+    wanted = info.metadata.get("base_file", "not recorded (an older adapter)")
+    here = getattr(model, "source_file", "") or "this model"
     raise AdapterMismatch(
-        f"{info.path} was trained on another base model: its base fingerprint is {info.base_hash}, this model's "
-        f"is {base_hash} (preset {model.config.name}). Apply it to the Ovi/editor weights it was trained from "
-        f"(its metadata: preset {info.metadata.get('preset')}, stage {info.stage}, {info.steps} steps)")
+        f"{info.path.name} needs another base model: it was trained on {wanted} (base fingerprint "
+        f"{info.base_hash}), but {here} has fingerprint {base_hash} (preset {model.config.name}). Load the base "
+        f"file it names, or the same weights under another name (the fingerprint decides; adapter: preset "
+        f"{info.metadata.get('preset')}, stage {info.stage}, {info.steps} steps)")
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.element_size() == 1 and a.is_floating_point():  # fp8 storage: compare the stored bytes
+        return a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    return torch.equal(a, b.to(a.dtype))
+
+
+@torch.no_grad()
+def source_base_identity(model: nn.Module, modules: Iterable[str] | None = None) -> str:
+    """What a LoRA on ``k_source``/``v_source`` is a delta from: ``"init"`` when they are still the
+    editor's initialisation (copies of the block's ``self_attn.k``/``v``, as after converting Ovi),
+    else a hash of their current weights (an editor whose SIGA path was trained, e.g. the demo).
+    ``modules``: only these (``...cross_attn.k_source`` names); default every one of the model."""
+    params = {_clean(n): p for n, p in model.named_parameters() if not _is_lora(n)}
+    only = None if modules is None else {f"{m}.weight" for m in modules}
+    h = hashlib.sha256()
+    init = True
+    for key in sorted(params):
+        m = re.fullmatch(r"(.+\.blocks\.\d+)\.cross_attn\.(k|v)_source\.weight", key)
+        if m is None or (only is not None and key not in only):
+            continue
+        current = params[key]
+        init = init and _same(current, params[f"{m.group(1)}.self_attn.{m.group(2)}.weight"])
+        flat = current.detach().reshape(-1)
+        idx = torch.linspace(0, flat.numel() - 1, _PROBES_PER_TENSOR).round().long().to(flat.device)
+        picked = flat.view(torch.uint8)[idx].view(flat.dtype) if flat.element_size() == 1 else flat[idx]
+        h.update(key.encode() + picked.float().to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
+    return "init" if init else h.hexdigest()[:16]
+
+
+def source_lora_modules(names: Iterable[str]) -> list[str]:
+    """The ``...cross_attn.k_source``/``v_source`` modules that carry LoRA among tensor ``names``."""
+    return sorted({n.rsplit(".lora_", 1)[0] for n in names
+                   if _is_lora(n) and re.search(r"\.cross_attn\.(k|v)_source\.lora_", n)})
 
 
 def _check_source_init(model: nn.Module, info: AdapterInfo, params: Mapping[str, torch.Tensor]) -> None:
-    """A LoRA on ``k_source``/``v_source`` is a delta from their initialisation (copies of the block's
-    ``self_attn.k``/``v``): refuse a model whose source projections were changed since."""
-    for module in info.lora_modules:
-        m = re.fullmatch(r"(.+\.blocks\.\d+)\.cross_attn\.(" + "|".join(siga.SOURCE_PROJECTIONS) + ")", module)
-        if m is None or f"{module}.weight" in info.new_params:
-            continue
-        current = params[f"{module}.weight"]
-        origin = siga.COPIED_FROM_SELF_ATTN[f"{m.group(2)}.weight"].removesuffix(".weight")
-        initial = params[f"{m.group(1)}.self_attn.{origin}.weight"]
-        if not torch.equal(current, initial.to(current.dtype)):
-            raise AdapterMismatch(f"{info.path} adapts {module} as a change from its initialisation (a copy of "
-                                  f"self_attn.{origin}), but this model's {module} differs from it (an editor "
-                                  "with other SIGA weights?); apply it to Ovi's weights or a freshly converted editor")
+    """A LoRA on ``k_source``/``v_source`` is a delta from the weights they had when it was trained:
+    refuse a model whose source projections differ from those (see :func:`source_base_identity`)."""
+    source_loras = [m for m in source_lora_modules(f"{m}.lora_A.weight" for m in info.lora_modules)
+                    if f"{m}.weight" not in info.new_params]
+    if not source_loras:
+        return
+    wanted = info.metadata.get("source_base", "init")  # files written before it was recorded: "init"
+    found = source_base_identity(model, source_loras)
+    if found == wanted:
+        return
+    if wanted == "init":
+        first = next((m for m in source_loras if source_base_identity(model, [m]) != "init"), source_loras[0])
+        raise AdapterMismatch(f"{info.path} adapts {first} as a change from its initialisation (a copy of "
+                              f"self_attn.{first[-8]}), but this model's {first} differs from it (an editor with "
+                              "trained SIGA weights?); apply it to Ovi's weights or a freshly converted editor")
+    raise AdapterMismatch(f"{info.path} adapts the SIGA source projections of the editor it was trained on "
+                          f"(source weights {wanted}); this model's are {found}: apply it to the editor file it "
+                          f"was trained on ({info.metadata.get('base_file', 'see its metadata')})")
 
 
 def _lora_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -365,6 +414,8 @@ __all__ = [
     "ADAPTER_FORMAT",
     "is_new_parameter",
     "base_fingerprint",
+    "source_base_identity",
+    "source_lora_modules",
     "read_adapter_info",
     "check_adapter_fits",
     "load_adapter",

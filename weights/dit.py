@@ -360,6 +360,7 @@ def load_model(
         raise RuntimeError(f"internal error: {len(leftovers)} tensors were never materialised (first: {leftovers[:3]})")
     logger.info("loaded %s: %s, preset %s (%s), %s", info.path.name, info.layout.kind, info.config.name,
                 info.preset_reason, origin)
+    model.source_file = info.path.name  # adapters trained on this model record it (and mismatches name it)
     return model, info
 
 
