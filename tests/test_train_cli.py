@@ -192,3 +192,23 @@ def test_merging_into_a_demo_editor_gives_a_loadable_bundle(tmp_path, capsys):
     (lone / "editor.safetensors").write_bytes(out.read_bytes())
     with pytest.raises(FileNotFoundError, match=r"copy codecs\.safetensors and vocab\.json from"):
         load_bundle(preset="demo", model=lone / "editor.safetensors", device="cpu")
+
+
+def test_an_fp8_stored_base_trains_and_its_adapter_fits_the_bf16_base(tmp_path):
+    from test_trainer import EMPTY, tiny_editor, tiny_items
+
+    from instructav2av.data.pairs import InMemoryLatents
+    from instructav2av.training.config import TrainConfig
+    from instructav2av.training.trainer import Trainer
+    from instructav2av.weights.adapters import load_adapter
+    from instructav2av.weights.dit import load_model, save_editor
+
+    save_editor(tiny_editor(), tmp_path / "base.safetensors", origin="test")
+    fp8, _ = load_model(tmp_path / "base.safetensors", dtype=torch.bfloat16, ops="cast",
+                        weight_dtype=torch.float8_e4m3fn)
+    cfg = TrainConfig(steps=2, batch_size=2, lora_rank=2, log_every=0, checkpoint_every=0, base_precision="fp8",
+                      output_dir=str(tmp_path / "run"))
+    result = Trainer(fp8, cfg, InMemoryLatents(tiny_items(2)), empty_context=EMPTY).train()
+    assert result.steps == 2 and result.adapter.is_file()
+    bf16, _ = load_model(tmp_path / "base.safetensors", dtype=torch.bfloat16)
+    load_adapter(bf16, result.adapter)  # the fingerprint of an fp8 copy matches within fp8 rounding
