@@ -13,8 +13,13 @@ from instructav2av.demo.codecs import DemoAudioCodec, DemoVideoCodec
 from instructav2av.demo.text import EOS, UNK, DemoTextEncoder, build_vocabulary, split_words
 from instructav2av.models.configs import get_preset, with_overrides
 
-# What the shipped model reaches on held-out cases 0..2 (docs/demo.md states the thresholds).
-SHIPPED_MIN = {"psnr_preserved": 27.0, "video_edit_correct": 2 / 3, "audio_edit_correct": 1 / 3}  # docs/demo.md
+# The quality gate on the shipped model (docs/demo.md states it): held-out cases 0..11, which were not
+# used to choose anything, edit accuracy as well as preservation. Measured there (one thread): edit
+# accuracy 2/12, video edits 3/10, audio edits 4/11, PSNR outside the edit 31.1 dB, SSIM 0.911.
+# Thresholds: one case fewer than measured for each accuracy, 2 dB and 0.03 below for preservation.
+HELD_OUT_CASES = 12
+SHIPPED_MIN = {"edit_accuracy": 1 / 12, "video_edit_correct": 2 / 10, "audio_edit_correct": 3 / 11,
+               "psnr_preserved": 29.0, "ssim_preserved": 0.88}
 
 
 @pytest.fixture(autouse=True)
@@ -260,28 +265,26 @@ def test_demo_clip_is_a_heldout_sample_with_its_ground_truth(tmp_path):
 # -- the shipped model --------------------------------------------------------------------------
 
 
-SHIPPED = (demo.ASSETS / demo.EDITOR_FILE).is_file()
-needs_shipped = pytest.mark.skipif(not SHIPPED, reason="assets/demo holds no trained demo weights yet "
-                                   "(build them with `instructav2av demo-train --out assets/demo`)")
-
-
 @pytest.fixture(scope="module")
 def shipped():
     from instructav2av.editing.bundle import load_bundle
 
+    # the pack ships its demo model: a missing one is a failure, not a reason to skip the gate
+    assert (demo.ASSETS / demo.EDITOR_FILE).is_file(), (
+        f"{demo.ASSETS / demo.EDITOR_FILE} is missing: the shipped demo model must be in the repository "
+        "(build it with `instructav2av demo-train --out assets/demo`)"
+    )
     return load_bundle(preset="demo", device="cpu")
 
 
-@needs_shipped
 def test_shipped_model_meets_the_stated_thresholds_on_heldout_cases(shipped):
-    summary, results = demo.evaluate_heldout(shipped, 3)
-    assert len(results) == 3
+    summary, results = demo.evaluate_heldout(shipped, HELD_OUT_CASES)
+    assert len(results) == summary["count"] == HELD_OUT_CASES
     for key, floor in SHIPPED_MIN.items():
-        assert summary[key] >= floor, f"{key} = {summary[key]:.3f} < {floor} on held-out cases 0..2"
+        assert summary[key] >= floor, f"{key} = {summary[key]:.3f} < {floor:.3f} on held-out cases 0..11"
 
 
-@needs_shipped
-def test_demo_command_writes_a_fresh_playable_file_each_time(tmp_path, capsys):
+def test_demo_command_writes_a_fresh_playable_file_each_time(shipped, tmp_path, capsys):
     from instructav2av.cli import main
     from instructav2av.media import read_clip
 
