@@ -86,7 +86,6 @@ class DemoTextEncoder:
         self.text_len = text_len
         self.text_dim = text_dim
         self._index = {w: i for i, w in enumerate(vocab)}
-        self._warned: set[str] = set()
 
     @property
     def vocab_size(self) -> int:
@@ -101,15 +100,16 @@ class DemoTextEncoder:
     def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text`` with a closing ``<eos>``, at most ``text_len`` of them."""
         words = split_words(text)
-        unknown = [w for w in words if w not in self._index]
-        for w in dict.fromkeys(unknown):
-            if w not in self._warned:
-                self._warned.add(w)
-                logger.warning(
-                    "the demo instruction encoder does not know the word %r (it maps to %s); the demo model "
-                    "understands only its templates' %d words, e.g. 'remove the red circle and its beeping'",
-                    w, UNK, self.vocab_size - len(SPECIAL_TOKENS),
-                )
+        # One warning per text, every time: in ComfyUI it is shown on the node of the run that used the
+        # text, so a word warned about in an earlier run must be named again.
+        unknown = list(dict.fromkeys(w for w in words if w not in self._index))
+        if unknown:
+            logger.warning(
+                "the demo instruction encoder does not know the word%s %s (read as %s); the demo model "
+                "understands only its templates' %d words, e.g. 'remove the red circle and its beeping'",
+                "s" if len(unknown) > 1 else "", ", ".join(repr(w) for w in unknown), UNK,
+                self.vocab_size - len(SPECIAL_TOKENS),
+            )
         ids = [self._index.get(w, 0) for w in words] + [self._index[EOS]]
         if len(ids) > self.text_len:
             logger.warning(

@@ -10,6 +10,8 @@ model files            ``folder_paths`` (+ ``mmaudio`` registered)   ``$INSTRUCT
                                                                     (default ``./models/<folder>``)
 input/output/temp      ``folder_paths.get_*_directory``             none; training runs in ``./runs``
 progress + previews    ``comfy.utils.ProgressBar``                  tqdm
+warnings on screen     progress text on the node (``PromptServer.   the log only
+                       send_progress_text``) + the node's ``ui`` text
 interrupt              ``comfy.model_management`` flags              never interrupted
 devices                ``get_torch_device`` / ``intermediate_device``  CUDA if available, else CPU;
                        / ``unet_offload_device``                    outputs on the CPU
@@ -18,9 +20,11 @@ devices                ``get_torch_device`` / ``intermediate_device``  CUDA if a
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -425,8 +429,93 @@ class Progress:
         self.close()
 
 
+# --------------------------------------------------------------------------------------------
+# warnings on the screen
+# --------------------------------------------------------------------------------------------
+
+# The pack's root logger: every module logs under it (``<pack>.media.conforming`` etc.). Inside ComfyUI
+# the pack's module name is its folder's path, so it is derived here rather than spelled out.
+PACK_LOGGER = __name__.rsplit(".", 2)[0]
+
+
+def _executing_node() -> str | None:
+    """The id of the node ComfyUI is running in this thread, or None (not inside ComfyUI's executor)."""
+    utils = _module("comfy_execution.utils")
+    if utils is not None and hasattr(utils, "get_executing_context"):
+        context = utils.get_executing_context()
+        return None if context is None else str(context.node_id)
+    return None
+
+
+def _send_progress_text(text: str, node_id: str) -> None:
+    """Show ``text`` on the node (ComfyUI >= 0.3.4x draws it under the widgets); silently absent before."""
+    server = _module("server")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    if instance is not None and hasattr(instance, "send_progress_text"):
+        instance.send_progress_text(text, node_id)
+
+
+class _NodeWarnings(logging.Handler):
+    """Collects the pack's WARNING records of one thread while one node runs, and shows each at once."""
+
+    def __init__(self, node_id: str):
+        super().__init__(logging.WARNING)
+        self.node_id = node_id
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread:  # another prompt's or a loader thread's message is not this node's
+            return
+        try:
+            text = record.getMessage()
+            if text in self.messages:
+                return
+            self.messages.append(text)
+            _send_progress_text("\n".join(f"\u26a0 {m}" for m in self.messages), self.node_id)
+        except Exception:  # a display problem must never fail the node
+            self.handleError(record)
+
+
+def shows_warnings(function: Callable) -> Callable:
+    """Decorate a node's FUNCTION so that the warnings it logs reach the user, not only the console.
+
+    Inside ComfyUI's executor each warning appears on the node as it happens (progress text) and the
+    node's result carries them as ``ui.text`` (so HTTP API users find them in ``/history``). Outside
+    ComfyUI (scripts, tests, the CLI) nothing changes: the node returns its plain tuple and the
+    warnings go to the log as before.
+    """
+
+    if getattr(function, "shows_warnings", False):  # already wrapped (the package imported twice)
+        return function
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        node_id = _executing_node()
+        if node_id is None:
+            return function(*args, **kwargs)
+        handler = _NodeWarnings(node_id)
+        logger_ = logging.getLogger(PACK_LOGGER)
+        logger_.addHandler(handler)
+        try:
+            result = function(*args, **kwargs)
+        finally:
+            logger_.removeHandler(handler)
+        if not handler.messages:
+            return result
+        if isinstance(result, dict):  # a node that already returns {"ui": ..., "result": ...}
+            ui = dict(result.get("ui") or {})
+            ui["text"] = [*ui.get("text", []), *handler.messages]
+            return {**result, "ui": ui}
+        return {"ui": {"text": handler.messages}, "result": result}
+
+    run.shows_warnings = True
+    return run
+
+
 __all__ = [
     "MODEL_FOLDERS",
+    "PACK_LOGGER",
     "MODELS_DIR_ENV",
     "Progress",
     "choices",
@@ -448,6 +537,7 @@ __all__ = [
     "raise_if_interrupted",
     "register_model_folders",
     "runs_dir",
+    "shows_warnings",
     "text_cache_dir",
     "writable_model_folder",
 ]

@@ -181,6 +181,15 @@ class SourceEncode:
         clip = clip_from_comfy(images, audio, fps)
         bundle = make_bundle(model, video_vae, audio_vae, None, comfy_env.compute_device())
         spec = bundle.clip_spec()
+        if clip.num_frames == 1:
+            # One frame conforms to a one-frame clip: the "edit" would be a still of 1/fps seconds,
+            # whatever the audio's length. Refuse rather than return a result that cannot be useful.
+            raise ValueError(
+                f"the source is a single image (IMAGE batch of 1 frame); InstructAV2AV edits video clips "
+                f"({spec.num_frames} frames, {spec.duration:.2f} s for this model), and one frame would give a "
+                f"{1 / float(spec.fps):.2f} s result. Connect a video's frames (Load Video -> Get Video "
+                "Components -> images) or a batch of frames"
+            )
         available = math.floor((clip.duration - start_seconds) * float(spec.fps) + 1e-6)
         if available < 1:
             raise ValueError(f"start_seconds={start_seconds:g} is at or past the end of the {clip.duration:.2f} s source; "

@@ -31,6 +31,7 @@ AUTO = "auto"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MODEL_PRECISIONS = ("bf16", "fp16", "fp32", "fp8_e4m3fn")
 ATTENTION_BACKENDS = ("auto", "sdpa", "flash_attn", "sage", "xformers")
+TILE_LIMITS = {"tile_size": (0, 4096), "tile_overlap": (0, 1024)}  # pixels: the widgets' min and max
 
 
 def _presets() -> list[str]:
@@ -137,6 +138,14 @@ class ModelLoader:
         return (handle,)
 
 
+def _tiling(tile_size: int, tile_overlap: int, frames_per_chunk: int):
+    """The widgets' tiling (tile_size 0 = none, the overlap then unused); VAETiling checks the values."""
+    from ..models.codecs.video_vae import VAETiling
+
+    return VAETiling(tile_size=tile_size or None, overlap=tile_overlap if tile_size else 0,
+                     frames_per_chunk=frames_per_chunk)
+
+
 class VideoVAELoader:
     DESCRIPTION = (
         "Loads the Wan2.2 video VAE (48 latent channels, x16 space, x4 time) from models/vae: Wan's "
@@ -156,13 +165,14 @@ class VideoVAELoader:
                 "precision": (list(DTYPES), {"default": "bf16", "tooltip": "Compute dtype of the VAE (Ovi uses bf16)."}),
                 "tile_size": (
                     "INT",
-                    {"default": 256, "min": 0, "max": 4096, "step": 16,
+                    {"default": 256, "min": TILE_LIMITS["tile_size"][0], "max": TILE_LIMITS["tile_size"][1], "step": 16,
                      "tooltip": "Spatial tile side in pixels (multiple of 16; 0 = no tiling). Smaller tiles need "
                                 "less memory; overlapping tiles are blended."},
                 ),
                 "tile_overlap": (
                     "INT",
-                    {"default": 64, "min": 0, "max": 1024, "step": 16,
+                    {"default": 64, "min": TILE_LIMITS["tile_overlap"][0], "max": TILE_LIMITS["tile_overlap"][1],
+                     "step": 16,
                      "tooltip": "Overlap between neighbouring tiles in pixels (multiple of 16, less than the tile)."},
                 ),
                 "frames_per_chunk": (
@@ -176,16 +186,25 @@ class VideoVAELoader:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, tile_size=256, tile_overlap=64, **_):
-        if tile_size and not 0 <= tile_overlap < tile_size:
-            return f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})"
+    def VALIDATE_INPUTS(cls, tile_size, tile_overlap):
+        # Only the two inputs this rule reads are named: ComfyUI skips its own checks (the file combo's
+        # "value not in list", min/max) for every input named here -- with **kwargs for all of them, so
+        # a missing VAE file surfaced only at run time -- and it repeats a failure once per named input.
+        # Their min/max is therefore checked here.
+        for name, value in (("tile_size", tile_size), ("tile_overlap", tile_overlap)):
+            low, high = TILE_LIMITS[name]
+            if not low <= value <= high:
+                return f"{name} ({value}) must be between {low} and {high}"
+        try:
+            _tiling(tile_size, tile_overlap, 1)
+        except ValueError as exc:
+            return str(exc)
         return True
 
     def load(self, vae_name, precision, tile_size, tile_overlap, frames_per_chunk, download_missing=False):
-        from ..models.codecs.video_vae import VAETiling, load_video_vae
+        from ..models.codecs.video_vae import load_video_vae
 
-        tiling = VAETiling(tile_size=tile_size or None, overlap=tile_overlap if tile_size else 0,
-                           frames_per_chunk=frames_per_chunk)
+        tiling = _tiling(tile_size, tile_overlap, frames_per_chunk)
         path = comfy_env.model_path("vae", vae_name, download=bool(download_missing))
         codec = load_video_vae(path, dtype=DTYPES[precision], device=comfy_env.offload_device(), tiling=tiling)
         return (VideoVAEHandle(codec=codec, name=path.name),)

@@ -1,8 +1,11 @@
-"""Minimal stand-ins for ComfyUI's ``folder_paths``, ``comfy.utils`` and ``comfy.model_management``.
+"""Minimal stand-ins for ComfyUI's ``folder_paths``, ``comfy.utils``, ``comfy.model_management``,
+``comfy_execution.utils`` and ``server``.
 
 They implement only what nodes/comfy_env.py calls, with ComfyUI's signatures and behaviour
 (``ProgressBar.update_absolute(value, total, preview)`` calling a global hook; the interrupt flag
-that ``throw_exception_if_processing_interrupted`` clears and raises on), so the ComfyUI code paths
+that ``throw_exception_if_processing_interrupted`` clears and raises on; the executing node's context,
+set by ComfyUI's executor around a node's function; ``PromptServer.instance.send_progress_text(text,
+node_id)``, recorded as sent), so the ComfyUI code paths
 of the nodes run in CI without a ComfyUI checkout. The real thing is exercised by
 tests/test_comfyui_integration.py.
 """
@@ -14,6 +17,7 @@ import sys
 import types
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -82,9 +86,43 @@ class ComfyStubs:
         self.progress: list[tuple[int, int, object]] = []  # (value, total, preview) per hook call
         self.interrupt = False
         self.interrupt_after: int | None = None  # set the flag once this many progress calls happened
+        self.executing: str | None = None  # the node id ComfyUI's executor is running (None: outside it)
+        self.texts: list[tuple[str, str]] = []  # (node_id, text) per send_progress_text call
         self.folder_paths = _folder_paths(models_dir, self.base_dir)
         self.utils = self._utils()
         self.model_management = self._model_management()
+        self.execution_utils = self._execution_utils()
+        self.server = self._server()
+
+    def _execution_utils(self) -> types.ModuleType:
+        stubs = self
+        utils = types.ModuleType("comfy_execution.utils")
+
+        class ExecutionContext(NamedTuple):
+            prompt_id: str
+            node_id: str
+            list_index: int | None
+
+        def get_executing_context():
+            return None if stubs.executing is None else ExecutionContext("prompt", stubs.executing, None)
+
+        utils.ExecutionContext = ExecutionContext
+        utils.get_executing_context = get_executing_context
+        return utils
+
+    def _server(self) -> types.ModuleType:
+        stubs = self
+        server = types.ModuleType("server")
+
+        class PromptServer:
+            instance = None
+
+            def send_progress_text(self, text, node_id, sid=None):
+                stubs.texts.append((str(node_id), text.decode() if isinstance(text, bytes) else text))
+
+        PromptServer.instance = PromptServer()
+        server.PromptServer = PromptServer
+        return server
 
     def _utils(self) -> types.ModuleType:
         stubs = self
@@ -136,11 +174,17 @@ def comfy_stubs(models_dir: Path, base_dir: Path | None = None):
     comfy.__path__ = []  # a package, so "comfy.utils" imports resolve through sys.modules
     comfy.utils = stubs.utils
     comfy.model_management = stubs.model_management
+    comfy_execution = types.ModuleType("comfy_execution")
+    comfy_execution.__path__ = []
+    comfy_execution.utils = stubs.execution_utils
     modules = {
         "folder_paths": stubs.folder_paths,
         "comfy": comfy,
         "comfy.utils": stubs.utils,
         "comfy.model_management": stubs.model_management,
+        "comfy_execution": comfy_execution,
+        "comfy_execution.utils": stubs.execution_utils,
+        "server": stubs.server,
     }
     saved = {name: sys.modules.get(name) for name in modules}
     sys.modules.update(modules)

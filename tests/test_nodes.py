@@ -563,3 +563,71 @@ def test_cancelled_run_leaves_nothing_and_the_next_run_works(tiny_demo, tmp_path
     _, _, (fresh, fresh_audio, _) = run_graph(tiny_demo, images, audio, instruction)
     assert torch.equal(after, fresh) and torch.equal(after_audio["waveform"], fresh_audio["waveform"])
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".mp4", ".tmp", ".part")]
+
+
+# --------------------------------------------------------------------------------------------
+# warnings on the screen (issue 11, item 12)
+# --------------------------------------------------------------------------------------------
+
+
+def test_warnings_reach_the_node_on_screen_inside_comfyui(tiny_demo, tmp_path):
+    """Inside ComfyUI's executor a node's warnings are shown on it (progress text) and returned as ui text."""
+    images, audio, _ = source_clip(frames=9)
+    _, long_audio, _ = source_clip(frames=17)
+    from instructav2av.demo import recipe as demo
+
+    demo_words = TextEncoderHandle(name="demo", encoder=demo.demo_text_encoder())
+    with comfy_stubs(tmp_path) as stubs:
+        stubs.executing = "4"
+        silent = node("InstructAV2AVSourceEncode").encode(*tiny_demo[:3], images, 16.0, "crop", "one window", 0.0)
+        longer = node("InstructAV2AVSourceEncode").encode(*tiny_demo[:3], images, 16.0, "crop", "one window", 0.0,
+                                                          long_audio)
+        stubs.executing = "3"
+        words = node("InstructAV2AVInstructionEncode").encode(demo_words, "remove the purple zebra", "", "")
+        stubs.executing = "5"
+        quiet = node("InstructAV2AVSourceEncode").encode(*tiny_demo[:3], images, 16.0, "crop", "one window", 0.0,
+                                                         audio)
+    for result, said in ((silent, "has no audio; using a silent track"), (longer, "the extra audio is ignored"),
+                         (words, "does not know the words 'purple', 'zebra'")):
+        assert set(result) == {"ui", "result"} and any(said in t for t in result["ui"]["text"]), result["ui"]
+    assert silent["result"][0].windows[0].valid_frames == 9  # the node's own output is unchanged
+    shown = {}  # node id -> the texts shown on it, in order (each shows the warnings of its run so far)
+    for node_id, text in stubs.texts:
+        shown.setdefault(node_id, []).append(text)
+    assert "silent track" in shown["4"][0] and "extra audio is ignored" in shown["4"][1] and "zebra" in shown["3"][0]
+    assert "silent track" not in shown["4"][1]  # a new run starts with a clean slate
+    assert isinstance(quiet, tuple) and "5" not in shown  # nothing to say: the plain result, nothing shown
+    # outside ComfyUI (scripts, the CLI, tests) the node returns its plain tuple
+    (src,) = node("InstructAV2AVSourceEncode").encode(*tiny_demo[:3], images, 16.0, "crop", "one window", 0.0)
+    assert src.windows[0].valid_frames == 9
+
+
+def test_a_single_image_as_the_source_is_refused(tiny_demo):
+    images, _, _ = source_clip(frames=9)
+    _, long_audio, _ = source_clip(frames=17)
+    with pytest.raises(ValueError, match=r"single image.*edits video clips.*Get Video Components"):
+        node("InstructAV2AVSourceEncode").encode(*tiny_demo[:3], images[:1], 16.0, "crop", "one window", 0.0,
+                                                 long_audio)
+
+
+# --------------------------------------------------------------------------------------------
+# validation (issue 11, item 14)
+# --------------------------------------------------------------------------------------------
+
+
+def test_custom_validation_leaves_comfyui_its_own_checks():
+    """ComfyUI skips its own checks (file combo, min/max) for every input VALIDATE_INPUTS names, for all of
+    them when it takes **kwargs, and repeats a failure once per named input (execution.validate_inputs)."""
+    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+        if hasattr(cls, "VALIDATE_INPUTS"):
+            spec = inspect.getfullargspec(cls.VALIDATE_INPUTS)
+            assert spec.varkw is None, f"{node_id}.VALIDATE_INPUTS takes **{spec.varkw}: ComfyUI then checks nothing"
+    loader = NODE_CLASS_MAPPINGS["InstructAV2AVVideoVAELoader"]
+    assert inspect.getfullargspec(loader.VALIDATE_INPUTS).args == ["cls", "tile_size", "tile_overlap"]
+    assert loader.VALIDATE_INPUTS(tile_size=256, tile_overlap=64) is True
+    assert loader.VALIDATE_INPUTS(tile_size=0, tile_overlap=64) is True  # no tiling: the overlap is unused
+    # so their min/max (which ComfyUI no longer checks) and the rules between them are checked here
+    assert "[0, tile_size), got 64 with tile_size 64" in loader.VALIDATE_INPUTS(tile_size=64, tile_overlap=64)
+    assert "multiple of 16" in loader.VALIDATE_INPUTS(tile_size=256, tile_overlap=40)
+    assert "between 0 and 1024" in loader.VALIDATE_INPUTS(tile_size=4096, tile_overlap=2048)
+    assert "between 0 and 4096" in loader.VALIDATE_INPUTS(tile_size=8192, tile_overlap=64)

@@ -240,6 +240,15 @@ def test_ui_workflow_is_consistent(path):
         assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith(model["name"])
 
 
+def test_demo_note_quotes_the_bundled_instruction():
+    """The demo template's note names the instruction the Demo Clip node really outputs (issue 11, item 15)."""
+    from instructav2av.nodes.demo import demo_files
+
+    _, instruction = demo_files()
+    notes = [n for n in load(WORKFLOWS / f"{DEMO}.json")["nodes"] if n["type"] == "MarkdownNote"]
+    assert len(notes) == 1 and f"*{instruction}*" in notes[0]["widgets_values"][0]
+
+
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
 def test_api_twin_is_valid_and_equals_the_ui_file(path):
     api = load(API_DIR / path.name)

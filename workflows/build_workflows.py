@@ -91,8 +91,8 @@ what this machine has.
 DEMO_NOTE = """## InstructAV2AV demo (runs on a CPU)
 
 The embedded demo model (29 MB, shipped with the pack) edits its synthetic domain: shapes that
-move and make their own sounds. **Demo Clip** gives a held-out clip and an instruction the model
-knows, e.g. *remove the green triangle and its chirping*. Queue: the edit takes seconds.
+move and make their own sounds. **Demo Clip** gives a held-out clip and the instruction the model
+is asked to follow on it: *{instruction}*. Queue: the edit takes seconds.
 
 The output goes to `output/video/InstructAV2AV_demo_*.mp4`; **Gate Map** shows where the model edited.
 """
@@ -167,6 +167,13 @@ def _common_tail(first: int, model: str, vvae: str, avae: str, seed: int, sampli
     }
 
 
+def demo_instruction() -> str:
+    """The bundled clip's instruction, as the Demo Clip node outputs it (whitespace collapsed)."""
+    from instructav2av.demo import recipe as demo
+
+    return " ".join((demo.ASSETS / demo.INSTRUCTION_FILE).read_text(encoding="utf-8").split())
+
+
 def demo_workflow() -> dict:
     nodes = {
         "1": ("InstructAV2AVDemoLoader", "Load Demo Model", 0, {"precision": "bf16"}),
@@ -179,7 +186,7 @@ def demo_workflow() -> dict:
             "fit": "crop", "length": "one window", "start_seconds": 0.0, "audio": ["2", 1]}),
     }
     nodes.update(_common_tail(5, "1", "1", "1", seed=0, sampling=demo_sampling(), prefix="video/InstructAV2AV_demo"))
-    return {"nodes": nodes, "note": ("Read me", DEMO_NOTE)}
+    return {"nodes": nodes, "note": ("Read me", DEMO_NOTE.format(instruction=demo_instruction()))}
 
 
 def edit_workflow() -> dict:
