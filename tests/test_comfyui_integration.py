@@ -2,7 +2,8 @@
 
 Runs only when ``COMFYUI_PATH`` points at a ComfyUI checkout (``COMFYUI_PYTHON``: the interpreter
 with ComfyUI's requirements and this pack's, default: this one). The pack is linked into
-``custom_nodes/instructav2av`` for the run (an existing entry of that name is left alone) and
+``custom_nodes`` under the folder name the README's install step clones into (an existing entry of
+that name is left alone), so what ComfyUI shows is what a user who followed the README sees, and
 ComfyUI is started headless on the CPU on a free port, with its input, output, temp and user
 folders in a temporary directory and an in-memory database, so the checkout is not written to.
 The server is always stopped and the temporary link removed.
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -25,7 +28,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACK = "instructav2av"
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+PACK = re.search(r"^git clone .+ (\S+)$", README, re.M).group(1)  # the folder the README installs into
 COMFYUI = os.environ.get("COMFYUI_PATH")
 PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
 START_TIMEOUT = 300
@@ -48,13 +52,20 @@ def _get(url: str, timeout: float = 30):
         return json.loads(r.read())
 
 
-def _post(url: str, payload: dict):
+def _post_raw(url: str, payload: dict) -> tuple[int, dict]:
     req = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
-            return json.loads(r.read())
+            return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:  # ComfyUI explains a rejected prompt in the body
-        raise AssertionError(f"POST {url} failed ({exc.code}): {exc.read().decode(errors='replace')}") from None
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _post(url: str, payload: dict):
+    status, body = _post_raw(url, payload)
+    if status != 200:
+        raise AssertionError(f"POST {url} failed ({status}): {json.dumps(body)[:4000]}")
+    return body
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +199,68 @@ def test_a_path_outside_the_allowed_folders_fails_validation_and_the_server_goes
     entry = _wait_for(url, prompt_id, RUN_TIMEOUT)
     assert entry["status"]["status_str"] == "success", entry["status"].get("messages")
     assert entry["outputs"]["3"]["text"] == ["dataset OK: 1 pairs"]
+
+
+def test_readme_names_the_template_category_comfyui_shows(comfyui):
+    """The template browser titles a pack's templates with its folder name (issue 11, item 15)."""
+    listing = _get(f"{comfyui['url']}/api/workflow_templates")
+    said = re.search(r"template browser under \*([^*]+)\*", README).group(1)
+    assert said == PACK and PACK in listing, f"README says the templates are under *{said}*; ComfyUI lists {sorted(listing)}"
+
+
+def test_validation_reports_a_missing_vae_file_and_a_bad_overlap_once_per_input(comfyui):
+    """Issue 11, item 14: ComfyUI's own file check runs on the VAE loader, and its tiling rule is reported
+    on the two inputs it concerns, not on all five."""
+    prompt = json.loads((ROOT / "workflows" / "api" / "instructav2av_edit_video.json").read_text())
+    vae = next(k for k, n in prompt.items() if n["class_type"] == "InstructAV2AVVideoVAELoader")
+    prompt[vae]["inputs"]["vae_name"] = "no_such_vae.safetensors"
+    status, body = _post_raw(f"{comfyui['url']}/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+    assert status == 400, body
+    errors = body["node_errors"][vae]["errors"]
+    assert [(e["type"], e["extra_info"]["input_name"]) for e in errors] == [("value_not_in_list", "vae_name")], errors
+    prompt[vae]["inputs"]["tile_overlap"] = prompt[vae]["inputs"]["tile_size"]
+    status, body = _post_raw(f"{comfyui['url']}/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+    custom = [e for e in body["node_errors"][vae]["errors"] if e["type"] == "custom_validation_failed"]
+    assert sorted(e["extra_info"]["input_name"] for e in custom) == ["tile_overlap", "tile_size"], custom
+    assert all("tile_size" in e["details"] and "overlap" in e["details"] for e in custom)
+
+
+def _progress_texts(ws) -> list[tuple[str, str]]:
+    """(node id, text) of the progress-text messages waiting on a ComfyUI websocket (binary event 3)."""
+    texts = []
+    ws.settimeout(0.5)
+    while True:
+        try:
+            message = ws.recv()
+        except Exception:  # websocket.WebSocketTimeoutException: nothing more waiting
+            return texts
+        if isinstance(message, bytes) and struct.unpack(">I", message[:4])[0] == 3:
+            length = struct.unpack(">I", message[4:8])[0]
+            texts.append((message[8 : 8 + length].decode(), message[8 + length :].decode()))
+
+
+def test_warnings_are_shown_on_their_nodes(comfyui):
+    """Issue 11, item 12: a source without sound and words the demo model does not know are shown on the
+    nodes that met them (progress text over the websocket) and kept in /history (ui text)."""
+    websocket = pytest.importorskip("websocket")
+    prompt = json.loads((ROOT / "workflows" / "api" / "instructav2av_demo_cpu.json").read_text())
+    source = next(k for k, n in prompt.items() if n["class_type"] == "InstructAV2AVSourceEncode")
+    words = next(k for k, n in prompt.items() if n["class_type"] == "InstructAV2AVInstructionEncode")
+    del prompt[source]["inputs"]["audio"]
+    prompt[words]["inputs"]["instruction"] = "remove the purple zebra"
+    client_id = uuid.uuid4().hex
+    ws = websocket.create_connection(f"ws://{comfyui['url'].split('://', 1)[1]}/ws?clientId={client_id}", timeout=30)
+    try:
+        prompt_id = _post(f"{comfyui['url']}/prompt", {"prompt": prompt, "client_id": client_id})["prompt_id"]
+        entry = _wait_for(comfyui["url"], prompt_id, RUN_TIMEOUT)
+        shown = _progress_texts(ws)
+    finally:
+        ws.close()
+    assert entry["status"]["status_str"] == "success", entry["status"].get("messages")
+    assert "silent track" in " ".join(entry["outputs"][source]["text"])
+    assert "'purple', 'zebra'" in " ".join(entry["outputs"][words]["text"])
+    assert any(n == source and "silent track" in t for n, t in shown), shown
+    assert any(n == words and "zebra" in t for n, t in shown), shown
 
 
 def _wait_for(url: str, prompt_id: str, timeout: float) -> dict:
