@@ -16,7 +16,7 @@ import warnings
 
 # old module (relative to the package) -> its new home
 MOVED: dict[str, str] = {
-    "pipeline": "editing.bundle",
+    "pipeline": "editing",
     "edit_cli": "cli.edit",
     "demo_cli": "cli.demo",
     "models.checkpoint_cli": "cli.weights",

@@ -86,7 +86,8 @@ def _demo(args: argparse.Namespace) -> int:
     if args.model and len(args.model) > 1:
         raise ValueError("several --model bundles only make sense with --eval N (a comparison table)")
     from ..demo.recipe import ASSETS, CLIP_FILE, INSTRUCTION_FILE, demo_clip_sample
-    from ..editing.bundle import edit, prepare_source
+    from ..editing.edit import edit
+    from ..editing.stages import prepare_source
     from ..evaluation.metrics import evaluate_synthetic, format_score, psnr
 
     folder = Path(args.clip) if args.clip else ASSETS

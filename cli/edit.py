@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write("\ncancelled; nothing was written\n")
         return 130
     except (OSError, ValueError, TypeError, RuntimeError) as exc:
-        from ..editing.bundle import EditCancelled
+        from ..editing.edit import EditCancelled
 
         if isinstance(exc, EditCancelled):
             sys.stderr.write(f"{exc}; nothing was written\n")
@@ -179,7 +179,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..editing.bundle import check_instruction, edit, load_bundle
+    from ..editing.bundle import load_bundle
+    from ..editing.edit import edit
+    from ..editing.stages import check_instruction
     from ..files import check_apart
     from ..media.video_write import _check_output_path
     from ..samplers import EditGuidance

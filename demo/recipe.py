@@ -511,7 +511,7 @@ def demo_clip_sample(folder: str | Path = ASSETS):
 def edit_samples(bundle, samples, *, seed: int = 0, steps: int | None = None, shift: float | None = None,
                  solver: str | None = None, guidance=None, batch_size: int = 8):
     """Edit synthetic samples in batches with ``bundle``; returns ``[(video [3,T,H,W], audio [N])]``."""
-    from ..editing.bundle import decode_latents
+    from ..editing.stages import decode_latents
     from ..samplers import sample
 
     d = bundle.defaults

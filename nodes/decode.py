@@ -42,7 +42,7 @@ class Decode:
         }
 
     def decode(self, latents: EditedLatents, video_vae: VideoVAEHandle, audio_vae: AudioVAEHandle):
-        from ..editing.bundle import decode_latents
+        from ..editing.stages import decode_latents
         from ..media import video_tensor_to_image, wave_to_comfy_audio
 
         source = latents.source
@@ -102,7 +102,7 @@ class GateMap:
         }
 
     def gates(self, latents: EditedLatents, sigma: float, scale: str, plot_width: int = 512, plot_height: int = 128):
-        from ..editing.bundle import encode_instructions
+        from ..editing.stages import encode_instructions
         from ..samplers.gates import curve_image, gate_maps, stretch, video_gate_frames
 
         if scale not in ("stretch", "raw"):

@@ -98,7 +98,7 @@ class InstructionEncode:
 
     def encode(self, text_encoder: TextEncoderHandle, instruction: str, video_negative: str, audio_negative: str,
                keep_loaded: bool = False):
-        from ..editing.bundle import check_instruction
+        from ..editing.stages import check_instruction
 
         text = check_instruction(instruction)
         texts = list(dict.fromkeys([text, video_negative or "", audio_negative or ""]))
@@ -173,7 +173,7 @@ class SourceEncode:
 
     def encode(self, model: ModelHandle, video_vae: VideoVAEHandle, audio_vae: AudioVAEHandle, images, fps: float,
                fit: str, length: str, start_seconds: float, audio=None):
-        from ..editing.bundle import encode_source, prepare_source
+        from ..editing.stages import encode_source, prepare_source
         from ..media import clip_from_comfy
 
         if length not in (ONE_WINDOW, ALL_WINDOWS):

@@ -124,7 +124,7 @@ class Sampler:
                shift: float, solver: str, video_instruction_scale: float, video_source_scale: float,
                audio_instruction_scale: float, audio_source_scale: float, slg_layers: str, denoise: float,
                batch_guidance: bool = True, preview: bool = True):
-        from ..editing.bundle import encode_instructions
+        from ..editing.stages import encode_instructions
         from ..samplers import EditGuidance, SamplingCancelled, edit_schedule, sample
 
         guidance = EditGuidance(

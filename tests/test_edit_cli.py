@@ -10,8 +10,9 @@ import torch
 from media_fixtures import make_video
 from test_pipeline import tiny_bundle
 
+from instructav2av import editing as pipeline
 from instructav2av.cli import main
-from instructav2av.editing import bundle as pipeline
+from instructav2av.editing import bundle as bundle_module
 from instructav2av.media import read_clip
 
 
@@ -23,7 +24,7 @@ def bundle():
 @pytest.fixture
 def registered(monkeypatch, bundle):
     """``--preset tiny-test`` loads the tiny bundle; ``loads`` counts how often a bundle was loaded."""
-    monkeypatch.setattr(pipeline, "_LOADERS", dict(pipeline._LOADERS))
+    monkeypatch.setattr(bundle_module, "_LOADERS", dict(bundle_module._LOADERS))
     loads = []
 
     def loader(*, device, dtype, **files):

@@ -20,8 +20,9 @@ from comfy_stubs import InterruptProcessingException, comfy_stubs
 from torch import nn
 
 from instructav2av import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from instructav2av import editing as pipeline
 from instructav2av.demo.codecs import DemoAudioCodec, DemoVideoCodec
-from instructav2av.editing import bundle as pipeline
+from instructav2av.editing import bundle as bundle_module
 from instructav2av.models.configs import get_preset
 from instructav2av.models.dit import AVEditorDiT
 from instructav2av.nodes import comfy_env
@@ -76,7 +77,7 @@ def tiny_bundle(device, dtype, random_gates: bool = True, **files) -> pipeline.E
 @pytest.fixture
 def tiny_demo(monkeypatch):
     """'Load Demo Model' returns the tiny bundle."""
-    monkeypatch.setitem(pipeline._LOADERS, "demo", tiny_bundle)
+    monkeypatch.setitem(bundle_module._LOADERS, "demo", tiny_bundle)
     return node("InstructAV2AVDemoLoader").load("fp32")
 
 
@@ -376,7 +377,7 @@ def test_gate_map_shapes_and_the_untrained_gate(tiny_demo, monkeypatch):
     assert mask.shape == out_images.shape[:3] and plot.shape == (1, 64, 256, 3)
     assert float(mask.min()) == 0.0 and float(mask.max()) == 1.0  # random gates, stretched
     # an editor fresh from Ovi's weights: gate weight 0, bias 6 -> G = sigmoid(6) everywhere
-    monkeypatch.setitem(pipeline._LOADERS, "demo",
+    monkeypatch.setitem(bundle_module._LOADERS, "demo",
                         lambda device, dtype, **f: tiny_bundle(device, dtype, random_gates=False))
     fresh = node("InstructAV2AVDemoLoader").load("fp32")
     _, latents, _ = run_graph(fresh, images, audio, instruction, steps=1)

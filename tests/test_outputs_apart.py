@@ -12,9 +12,10 @@ import torch
 from media_fixtures import make_video
 from test_pipeline import tiny_bundle
 
+from instructav2av import editing as pipeline
 from instructav2av.cli import main
 from instructav2av.cli.train import check_outputs_apart
-from instructav2av.editing import bundle as pipeline
+from instructav2av.editing import bundle as bundle_module
 from instructav2av.files import SameFileError, check_apart, is_within, same_file
 from instructav2av.media import write_clip
 from instructav2av.training.config import TrainConfig
@@ -65,7 +66,7 @@ def bundle():
 @pytest.fixture
 def loads(monkeypatch, bundle):
     """``--preset tiny-test`` loads the tiny bundle; the list records every load."""
-    monkeypatch.setattr(pipeline, "_LOADERS", dict(pipeline._LOADERS))
+    monkeypatch.setattr(bundle_module, "_LOADERS", dict(bundle_module._LOADERS))
     calls = []
 
     def loader(*, device, dtype, **files):
@@ -177,7 +178,7 @@ def test_train_refuses_before_loading_anything(tmp_path, capsys, monkeypatch):
     data = tmp_path / "pairs"
     data.mkdir()
     called = []
-    monkeypatch.setattr(pipeline, "load_bundle", lambda **kw: called.append(kw))
+    monkeypatch.setattr(bundle_module, "load_bundle", lambda **kw: called.append(kw))
     assert main(["train", "--data", str(data), "--preset", "demo", "--output-dir", str(data)]) == 1
     err = capsys.readouterr().err
     assert "output_dir" in err and "training data" in err

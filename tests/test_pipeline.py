@@ -12,9 +12,9 @@ import pytest
 import torch
 from media_fixtures import make_video
 
+from instructav2av import editing as pipeline
 from instructav2av.demo.codecs import DemoAudioCodec, DemoVideoCodec
-from instructav2av.editing import bundle as pipeline
-from instructav2av.editing.bundle import (
+from instructav2av.editing import (
     EditCancelled,
     EditorBundle,
     decode_latents,
@@ -25,6 +25,7 @@ from instructav2av.editing.bundle import (
     prepare_source,
     register_bundle_loader,
 )
+from instructav2av.editing import bundle as bundle_module
 from instructav2av.media import ClipSpec, MediaError, load_clip, read_clip
 from instructav2av.models.configs import get_preset, with_overrides
 from instructav2av.models.dit import AVEditorDiT
@@ -322,7 +323,7 @@ def test_load_bundle_from_files(tmp_path, source):
 
 
 def test_named_bundle_loader(monkeypatch):
-    monkeypatch.setattr(pipeline, "_LOADERS", dict(pipeline._LOADERS))
+    monkeypatch.setattr(bundle_module, "_LOADERS", dict(bundle_module._LOADERS))
     got = {}
 
     def loader(*, device, dtype, **files):

@@ -14,12 +14,12 @@ from instructav2av.cli import main as cli_main
 def _no_loading(monkeypatch):
     """Make any model or dataset loading fail loudly: the checks under test must come first."""
     from instructav2av.cli import train as train_cli
-    from instructav2av.editing import bundle as pipeline
+    from instructav2av.editing import bundle as bundle_module
 
     def boom(*args, **kwargs):
         raise AssertionError("loaded something before the config check")
 
-    monkeypatch.setattr(pipeline, "load_bundle", boom)
+    monkeypatch.setattr(bundle_module, "load_bundle", boom)
     monkeypatch.setattr(train_cli, "check_dataset", boom)
 
 

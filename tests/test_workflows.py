@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from instructav2av import NODE_CLASS_MAPPINGS
-from instructav2av.editing import bundle as pipeline
+from instructav2av import editing as pipeline
+from instructav2av.editing import bundle as bundle_module
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / "workflows"
@@ -340,7 +341,7 @@ def test_demo_workflow_runs_on_a_tiny_editor(monkeypatch, tmp_path):
     images, audio, instruction = test_nodes.source_clip(frames=17)
     clip = write_clip(tmp_path / "clip.mp4", images.mul(255).round().to(torch.uint8), 16, audio["waveform"][0, 0], 16000)
     monkeypatch.setattr(demo, "demo_files", lambda: (clip, instruction))
-    monkeypatch.setitem(pipeline._LOADERS, "demo", test_nodes.tiny_bundle)
+    monkeypatch.setitem(bundle_module._LOADERS, "demo", test_nodes.tiny_bundle)
     prompt = load(API_DIR / f"{DEMO}.json")
     prompt["5"]["inputs"]["steps"] = 2
     prompt["1"]["inputs"]["precision"] = "fp32"
@@ -355,7 +356,7 @@ def _demo_available() -> bool:
         from instructav2av.nodes.demo import demo_files
 
         demo_files()
-        return "demo" in pipeline.bundle_loaders() and pipeline._named_loader("demo") is not None
+        return "demo" in pipeline.bundle_loaders() and bundle_module._named_loader("demo") is not None
     except (FileNotFoundError, RuntimeError, ImportError):
         return False
 

@@ -1,0 +1,188 @@
+"""The whole edit: a source clip and an instruction in, the edited clip (video + audio) out.
+
+    media -> conform -> encode (video, audio) -> embed instruction + negatives -> sample -> decode -> mux
+
+Nothing is written until the very end, and then atomically (:func:`~.media.write_clip`): a failed or
+cancelled edit leaves no file behind, and an existing file is never replaced unless asked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from ..files import check_apart
+from ..media import write_clip
+from ..media.video_write import _check_output_path
+from ..runtime.meter import StageMeter
+from ..samplers import SOLVERS, EditGuidance, SamplingCancelled, edit_schedule, sample
+from .bundle import EditorBundle, PathLike
+from .stages import (
+    Source,
+    check_instruction,
+    decode_latents,
+    encode_instructions,
+    encode_source,
+    prepare_source,
+)
+
+ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+STAGES = ("conform", "text", "encode", "sample", "decode", "write")
+
+
+class EditCancelled(SamplingCancelled):
+    """The edit was cancelled (by ``should_cancel``) during ``stage``; no output file was written."""
+
+    def __init__(self, stage: str, step: int = 0, total: int = 0) -> None:
+        super().__init__(step, total)
+        self.stage = stage
+        self.args = (f"edit cancelled during {stage}" + (f" after {step} of {total} steps" if total else ""),)
+
+
+@dataclass
+class EditResult:
+    """The edited clip and what it cost.
+
+    video: float32 ``[3, T, H, W]`` in [-1, 1] (CPU), cut to the source's real length; audio: float32
+    mono ``[N]``; ``output``: the file written (None without ``output``), which may be a fresh name
+    if the requested one existed. ``timings``: seconds per stage; ``memory``: bytes per stage,
+    ``memory_kind`` saying what was measured (per-stage CUDA peaks, or the process's peak RSS so far).
+    """
+
+    video: torch.Tensor
+    audio: torch.Tensor
+    fps: Fraction
+    sample_rate: int
+    output: Path | None
+    timings: dict[str, float]
+    memory: dict[str, int | None]
+    memory_kind: str
+    seed: int
+    steps: int
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.timings.values())
+
+    @property
+    def peak_memory(self) -> int | None:
+        known = [m for m in self.memory.values() if m is not None]
+        return max(known) if known else None
+
+    def summary(self, before: Mapping[str, float] | None = None) -> str:
+        """One line: seconds per stage (``before``: earlier stages to list first, e.g. loading), the
+        total, and the peak memory."""
+        timings = {**(before or {}), **self.timings}
+        parts = [f"{stage} {sec:.2f} s" for stage, sec in timings.items()]
+        peak = self.peak_memory
+        mem = f"{self.memory_kind} {peak / 2**20:,.0f} MiB" if peak is not None else f"{self.memory_kind} unknown"
+        return f"{' | '.join(parts)} | total {sum(timings.values()):.2f} s | {mem}"
+
+
+def _check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def edit(
+    bundle: EditorBundle,
+    source: Source,
+    instruction: str,
+    *,
+    output: PathLike | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    solver: str | None = None,
+    shift: float | None = None,
+    guidance: EditGuidance | None = None,
+    denoise: float = 1.0,
+    video_negative: str = "",
+    audio_negative: str = "",
+    fit: str = "crop",
+    start: float = 0.0,
+    overwrite: bool = False,
+    batch_guidance: bool = True,
+    progress: ProgressFn | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> EditResult:
+    """Edit ``source`` (a file, a :class:`~.media.Clip` or a :class:`~.media.ConformedClip`) as ``instruction`` says.
+
+    ``steps``/``solver``/``shift``/``guidance`` default to the bundle's (preset's) settings; the
+    negatives are the "no instruction" condition of the guidance (empty by default, as in training).
+    ``denoise < 1`` keeps more of the source (see :func:`~.samplers.sample`). ``output``: the mp4 to
+    write (checked before any heavy work; an existing file is kept and a fresh name used unless
+    ``overwrite``). ``progress(stage, done, total)`` reports each stage and every sampling step;
+    ``should_cancel()`` is asked between stages and before every step, and a True answer raises
+    :class:`EditCancelled` without writing anything.
+    """
+    d = bundle.defaults
+    instruction = check_instruction(instruction)
+    steps = d.steps if steps is None else steps
+    solver = d.solver if solver is None else solver
+    shift = d.shift if shift is None else shift
+    guidance = d.guidance if guidance is None else guidance
+    if not isinstance(guidance, EditGuidance):
+        raise TypeError(f"guidance must be a samplers.EditGuidance, got {type(guidance).__name__}")
+    if guidance.slg_layers and max(guidance.slg_layers) >= bundle.config.video.num_layers:
+        raise ValueError(f"skip-layer guidance block(s) {guidance.slg_layers} do not exist: the model has "
+                         f"{bundle.config.video.num_layers} blocks (0..{bundle.config.video.num_layers - 1})")
+    _check_choice("solver", solver, tuple(SOLVERS))
+    _check_choice("fit", fit, ("crop", "pad"))
+    schedule = edit_schedule(steps, shift, denoise)  # validates steps, shift and denoise now, not after encoding
+    out_path = None
+    # The source file is never the output (nor a link to it): publishing would replace it.
+    source_file = source if isinstance(source, (str, os.PathLike)) else getattr(source, "source", None)
+    keep = [("source video", source_file)]
+    if output is not None:
+        out_path = Path(output).expanduser()
+        _check_output_path(out_path)
+        check_apart(out_path, keep)
+    progress = progress or (lambda stage, done, total: None)
+    meter = StageMeter(bundle.device)
+
+    @contextmanager
+    def stage(name: str, total: int = 1) -> Iterator[None]:
+        if should_cancel is not None and should_cancel():
+            raise EditCancelled(name)
+        progress(name, 0, total)
+        with meter(name):
+            yield
+        if name != "sample":
+            progress(name, total, total)
+
+    with stage("conform"):
+        clip = prepare_source(bundle, source, fit=fit, start=start)
+    with stage("text"):
+        text = encode_instructions(bundle, instruction, video_negative, audio_negative)
+    with stage("encode"):
+        src_video, src_audio = encode_source(bundle, clip)
+    with stage("sample", schedule.num_steps):
+        try:
+            video, audio = sample(
+                bundle.model, video_source=src_video, audio_source=src_audio, video_context=text.context,
+                audio_context=text.context, video_negative=text.video_negative, audio_negative=text.audio_negative,
+                steps=steps, shift=shift, solver=solver, seed=seed, guidance=guidance, denoise=denoise,
+                batch_guidance=batch_guidance, callback=lambda i, n, *_: progress("sample", i, n),
+                should_cancel=should_cancel,
+            )
+        except SamplingCancelled as exc:
+            if isinstance(exc, EditCancelled):
+                raise
+            raise EditCancelled("sample", exc.step, exc.total) from exc
+    with stage("decode"):
+        frames, wave = decode_latents(bundle, video, audio, num_samples=clip.audio.shape[-1])
+        frames = frames[0, :, : clip.valid_frames]
+        wave = wave[0, : clip.valid_samples]
+    written = None
+    if out_path is not None:
+        with stage("write"):
+            written = write_clip(out_path, frames, clip.fps, wave, clip.sample_rate, overwrite=overwrite, keep=keep)
+    return EditResult(video=frames, audio=wave, fps=clip.fps, sample_rate=clip.sample_rate, output=written,
+                      timings=meter.timings, memory=meter.memory, memory_kind=meter.memory_kind, seed=seed,
+                      steps=schedule.num_steps)
