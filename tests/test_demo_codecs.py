@@ -169,10 +169,13 @@ def test_audio_bad_input_is_explained():
 
 
 def test_bf16_round_trip_is_close():
+    # bounds from the measured error: the video path only rearranges values, so its error is the
+    # input's bf16 rounding (measured 1.95e-3, half a bf16 step at 1.0 is 3.9e-3); the audio MDCT
+    # accumulates in bf16 (measured 9.3e-3 at |x| <= 0.9), bound at about twice that
     video = _video(b=1)
     assert (
         DemoVideoCodec().decode(DemoVideoCodec().encode(video.bfloat16())).float() - video
-    ).abs().max() < 1e-2
+    ).abs().max() <= 2**-8
     wave = _wave(b=1)
     out = DemoAudioCodec().decode(DemoAudioCodec().encode(wave.bfloat16())).float()
-    assert (out - wave).abs().max() < 5e-2
+    assert (out - wave).abs().max() < 2e-2
