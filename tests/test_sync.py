@@ -95,3 +95,25 @@ def test_written_clip_keeps_sync(sources, tmp_path):
     click = click_time(back.audio[0].numpy(), back.sample_rate)
     assert k == _expected_frame(flash, src_fps, start, out_fps)
     assert abs(click - k / out_fps) <= 0.5 / out_fps, f"A/V offset {1000 * (click - k / out_fps):+.1f} ms"
+
+
+def test_comfyui_inputs_keep_sync():
+    """IMAGE + AUDIO as ComfyUI's video loaders deliver them (25 fps, 48 kHz), conformed and handed back."""
+    from instructav2av.media import clip_from_comfy, conformed_to_comfy
+
+    src_fps, rate, flash, start, out_fps = 25, 48000, 31, 0.52, 24
+    images = torch.full((75, 32, 32, 3), 0.2)
+    images[flash] = 1.0
+    t = torch.arange(3 * rate) / rate
+    wave = 0.3 * torch.sin(2 * torch.pi * 440 * t)
+    at = round(flash / src_fps * rate)
+    wave[at : at + rate // 500] = 0.95
+    clip = clip_from_comfy(images, {"waveform": wave[None, None], "sample_rate": rate}, float(src_fps))
+    spec = ClipSpec(fps=out_fps, num_frames=33, sample_rate=OUT_RATE, area=32 * 32)
+    out = conform(clip, spec, start=start)
+    _check(out, src_fps, flash, start, out_fps)
+    image, audio, fps = conformed_to_comfy(out)
+    k = int(image.mean(dim=(1, 2, 3)).argmax())
+    click = click_time(audio["waveform"][0, 0].numpy(), audio["sample_rate"])
+    assert fps == out_fps and k == _expected_frame(flash, src_fps, start, out_fps)
+    assert abs(click - k / out_fps) <= 0.5 / out_fps
