@@ -197,3 +197,23 @@ def test_highvram_keeps_models_and_cpu_frees_nothing(accelerator, monkeypatch):
     with comfy_env.on_compute_device(model):
         pass
     assert log == [("to", "dit", "cpu")]
+
+
+def test_trainer_product_never_replaces_a_file_that_appeared_during_the_run(tmp_path):
+    """A file takes the product's name while the run trains: the adapter goes to a fresh name."""
+    from test_trainer import EMPTY, config, tiny_editor, tiny_items
+
+    from instructav2av.data.pairs import InMemoryLatents
+    from instructav2av.training.trainer import Trainer
+
+    taken = tmp_path / "adapter_joint_step0000002.safetensors"
+
+    def progress(step, total, *_):
+        if step == 1:
+            taken.write_bytes(b"someone else's file")
+
+    tr = Trainer(tiny_editor(), config(tmp_path, steps=2), InMemoryLatents(tiny_items(2)), empty_context=EMPTY,
+                 progress=progress)
+    result = tr.train()
+    assert taken.read_bytes() == b"someone else's file"
+    assert result.adapter is not None and result.adapter != taken and result.adapter.stat().st_size > 1000
