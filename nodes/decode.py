@@ -42,7 +42,7 @@ class Decode:
         }
 
     def decode(self, latents: EditedLatents, video_vae: VideoVAEHandle, audio_vae: AudioVAEHandle):
-        from ..editing.stages import decode_latents
+        from ..editing.windows import decode_window
         from ..media import video_tensor_to_image, wave_to_comfy_audio
 
         source = latents.source
@@ -53,10 +53,9 @@ class Decode:
                 comfy_env.on_compute_device(video_vae.codec, audio_vae.codec):
             for k, window in enumerate(source.windows):
                 comfy_env.raise_if_interrupted()
-                video, wave = decode_latents(bundle, latents.video[k].to(device), latents.audio[k].to(device),
-                                             num_samples=window.num_samples)
-                frames.append(video_tensor_to_image(video[0, :, : window.valid_frames]))
-                waves.append(wave[0, : window.valid_samples])
+                video, wave = decode_window(bundle, latents.video[k], latents.audio[k], window)
+                frames.append(video_tensor_to_image(video))
+                waves.append(wave)
                 bar.update(k + 1)
         out = comfy_env.intermediate_device()
         images = (frames[0] if len(frames) == 1 else torch.cat(frames)).to(out)
@@ -103,7 +102,8 @@ class GateMap:
 
     def gates(self, latents: EditedLatents, sigma: float, scale: str, plot_width: int = 512, plot_height: int = 128):
         from ..editing.stages import encode_instructions
-        from ..samplers.gates import curve_image, gate_maps, stretch, video_gate_frames
+        from ..editing.windows import window_gates
+        from ..samplers.gates import curve_image, stretch
 
         if scale not in ("stretch", "raw"):
             raise ValueError(f"scale must be 'stretch' or 'raw', got {scale!r}")
@@ -119,14 +119,11 @@ class GateMap:
         with comfy_env.on_compute_device(model.model), attention_backend(model.attention):
             for k, window in enumerate(source.windows):
                 comfy_env.raise_if_interrupted()
-                maps = gate_maps(
-                    model.model, video=latents.video[k].to(device), audio=latents.audio[k].to(device),
-                    video_source=window.video.to(device), audio_source=window.audio.to(device),
-                    video_context=text.context, audio_context=text.context, sigma=sigma, seed=latents.seed,
-                )
-                frames = video_gate_frames(maps.video, window.num_frames, window.height, window.width, temporal)
-                video_maps.append(frames[: window.valid_frames])
-                audio_curves.append(maps.audio[: audio_codec.num_latents(window.valid_samples)])
+                frames, curve = window_gates(model.model, latents.video[k], latents.audio[k], window, text,
+                                             device=device, sigma=sigma, seed=latents.seed, temporal_factor=temporal,
+                                             audio_codec=audio_codec)
+                video_maps.append(frames)
+                audio_curves.append(curve)
         video = torch.cat(video_maps)
         audio = torch.cat(audio_curves)
         if scale == "stretch":

@@ -13,7 +13,6 @@ at window borders.
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
@@ -173,7 +172,7 @@ class SourceEncode:
 
     def encode(self, model: ModelHandle, video_vae: VideoVAEHandle, audio_vae: AudioVAEHandle, images, fps: float,
                fit: str, length: str, start_seconds: float, audio=None):
-        from ..editing.stages import encode_source, prepare_source
+        from ..editing.windows import encode_window, plan_windows
         from ..media import clip_from_comfy
 
         if length not in (ONE_WINDOW, ALL_WINDOWS):
@@ -190,11 +189,8 @@ class SourceEncode:
                 f"{1 / float(spec.fps):.2f} s result. Connect a video's frames (Load Video -> Get Video "
                 "Components -> images) or a batch of frames"
             )
-        available = math.floor((clip.duration - start_seconds) * float(spec.fps) + 1e-6)
-        if available < 1:
-            raise ValueError(f"start_seconds={start_seconds:g} is at or past the end of the {clip.duration:.2f} s source; "
-                             f"expected 0 <= start_seconds < {clip.duration:.2f}")
-        count = 1 if length == ONE_WINDOW else math.ceil(available / spec.num_frames)
+        starts = plan_windows(clip, spec, start_seconds, all_windows=length == ALL_WINDOWS)
+        count = len(starts)
         if count > 1:
             logger.info("editing the %.2f s source in %d windows of %.2f s", clip.duration - start_seconds, count,
                         spec.duration)
@@ -202,17 +198,9 @@ class SourceEncode:
         out = comfy_env.intermediate_device()
         with comfy_env.Progress(count, "encoding source") as bar, \
                 comfy_env.on_compute_device(video_vae.codec, audio_vae.codec):
-            for k in range(count):
+            for k, start in enumerate(starts):
                 comfy_env.raise_if_interrupted()
-                start = start_seconds + k * spec.num_frames / float(spec.fps)
-                conformed = prepare_source(bundle, clip, fit=fit, start=start)
-                video, audio_latent = encode_source(bundle, conformed)
-                windows.append(Window(
-                    video=video.to(out), audio=audio_latent.to(out), valid_frames=conformed.valid_frames,
-                    valid_samples=conformed.valid_samples, num_samples=conformed.audio.shape[-1],
-                    height=conformed.height, width=conformed.width, num_frames=conformed.num_frames, start=start,
-                ))
-                del conformed
+                windows.append(encode_window(bundle, clip, start, fit=fit, out=out))
                 bar.update(k + 1)
         return (SourceLatents(windows=windows, fps=spec.fps, sample_rate=spec.sample_rate, model=model,
                               video_vae=video_vae, audio_vae=audio_vae),)

@@ -17,6 +17,7 @@ from fractions import Fraction
 import torch
 
 from ..editing.bundle import AudioCodec, EditDefaults, InstructionEncoder, VideoCodec
+from ..editing.windows import Window  # re-exported: the IAV2AV_SOURCE socket carries these
 from ..models.configs import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -126,21 +127,6 @@ class PrecomputedEncoder:
         if missing:
             raise KeyError(f"no embedding was computed for {missing!r}; re-run the instruction encoder")
         return [self.instruction.embeddings[t] for t in texts]
-
-
-@dataclass
-class Window:
-    """One model-length piece of the source: latents (CPU, float32) and what is real in it."""
-
-    video: torch.Tensor  # [1, C, F, h, w]
-    audio: torch.Tensor  # [1, L, C]
-    valid_frames: int
-    valid_samples: int
-    num_samples: int  # conformed audio length (what the decoder fits the waveform to)
-    height: int
-    width: int
-    num_frames: int
-    start: float  # seconds into the source
 
 
 @dataclass

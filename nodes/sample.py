@@ -125,7 +125,8 @@ class Sampler:
                audio_instruction_scale: float, audio_source_scale: float, slg_layers: str, denoise: float,
                batch_guidance: bool = True, preview: bool = True):
         from ..editing.stages import encode_instructions
-        from ..samplers import EditGuidance, SamplingCancelled, edit_schedule, sample
+        from ..editing.windows import sample_window
+        from ..samplers import EditGuidance, SamplingCancelled, edit_schedule
 
         guidance = EditGuidance(
             video_instruction_scale=video_instruction_scale, video_source_scale=video_source_scale,
@@ -152,10 +153,8 @@ class Sampler:
                     bar.update(k * per_window + step, image)
 
                 try:
-                    video, audio = sample(
-                        model.model, video_source=window.video.to(device), audio_source=window.audio.to(device),
-                        video_context=text.context, audio_context=text.context, video_negative=text.video_negative,
-                        audio_negative=text.audio_negative, steps=steps, shift=shift, solver=solver, seed=seed,
+                    video, audio = sample_window(
+                        model.model, window, text, device=device, steps=steps, shift=shift, solver=solver, seed=seed,
                         guidance=guidance, denoise=denoise, batch_guidance=batch_guidance, callback=callback,
                         should_cancel=comfy_env.interrupted,
                     )
