@@ -25,7 +25,7 @@ import torch
 from ..media import ClipSpec
 from ..models.configs import ModelConfig, get_preset
 from ..samplers import DEFAULT_SHIFT, DEFAULT_SOLVER, DEFAULT_STEPS, OVI_SLG_LAYER, EditGuidance
-from ..weights.locate import PathLike, missing_error, resolve_file
+from ..weights.locate import PathLike, check_found, missing_error, resolve_file
 
 logger = logging.getLogger(__name__)
 
@@ -278,6 +278,7 @@ def _resolve_files(given: dict[str, object], models_dir: PathLike | None, preset
         found["vocoder"] = voc
     if missing:
         raise _missing_error(missing, preset)
+    check_found(found)  # a known name with another file's content: refused before minutes of loading
     return found
 
 

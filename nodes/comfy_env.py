@@ -157,19 +157,20 @@ def model_path(folder: str, name: str, *, also: tuple[str, ...] = (), download: 
                          f" (known files: {', '.join(e.name for e in registry.for_folder(folder)) or 'none'})")
     check_model_name(name, folder)  # a name from a workflow: never an absolute path or '..'
     fp = _folder_paths()
+    found = None
     if fp is not None:
-        for f in (folder, *also):
-            found = fp.get_full_path(f, name)
-            if found is not None:
-                return Path(found)
-    dirs = [d for f in (folder, *also) for d in folder_locations(f)]
-    look = registry.locate(name, folder, comfy_dirs=dirs, user_dirs=_user_dirs())
-    if look.found is not None:
-        return look.found
-    entry = registry.FILES.get(name)
-    if download and entry is not None:
-        return fetch_model(entry)
-    raise registry.MissingModelFile(name, folder, look.looked)
+        found = next((Path(p) for f in (folder, *also) if (p := fp.get_full_path(f, name)) is not None), None)
+    if found is None:
+        dirs = [d for f in (folder, *also) for d in folder_locations(f)]
+        look = registry.locate(name, folder, comfy_dirs=dirs, user_dirs=_user_dirs())
+        found = look.found
+    if found is None:
+        entry = registry.FILES.get(name)
+        if download and entry is not None:
+            return fetch_model(entry)  # verified by the fetch itself
+        raise registry.MissingModelFile(name, folder, look.looked)
+    registry.check_known(found)  # a known file with another file's content: refused by size / sha256
+    return found
 
 
 def fetch_model(entry) -> Path:

@@ -148,8 +148,8 @@ def test_missing_source_and_missing_model_files(tmp_path, source, capsys):
     assert "missing model files (nothing is downloaded automatically)" in err
     assert f"{tmp_path / 'model.safetensors'} does not exist (--model)" in err
     assert f"{tmp_path / 'Wan2.2_VAE.pth'} does not exist (--video-vae)" in err
-    assert "audio VAE: not given (--audio-vae" in err and "text encoder: not given (--text-encoder" in err
-    assert "huggingface-cli download chetwinlow1/Ovi model.safetensors" in err
+    assert "audio VAE: none of" in err and "--audio-vae" in err and "text encoder: none of" in err
+    assert "instructav2av download model.safetensors" in err and "instructav2av download --preset" in err
     assert list(p.name for p in tmp_path.iterdir()) == []
 
 

@@ -33,6 +33,7 @@ TINY = ModelFile("tiny_vae.safetensors", "video_vae", "test-org/tiny", "split_fi
 def _no_real_hub(monkeypatch, tmp_path):
     """Every test: an empty HF cache of its own, never the real hub."""
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("INSTRUCTAV2AV_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
@@ -150,6 +151,30 @@ def test_a_corrupt_file_is_refused_with_a_clear_message(tmp_path):
     write_standin(p, "text_encoder")
     with pytest.raises(CorruptModelFile, match="named wan2.2_vae.safetensors .* holds a T5 / umT5 text encoder"):
         registry.key_check(p, entry)
+
+
+def test_loaders_check_a_known_files_hash_once(tmp_path, monkeypatch):
+    """Right name and keys, wrong content: the loader refuses it by sha256 (where the registry knows one); a
+    file that passes is remembered by path, size and mtime, so 7 GB are hashed once, not on every load."""
+    from instructav2av.nodes import comfy_env
+
+    monkeypatch.setenv(comfy_env.MODELS_DIR_ENV, str(tmp_path / "models"))
+    name = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+    write_standin(tmp_path / "models" / "text_encoders" / name, "text_encoder")
+    with pytest.raises(CorruptModelFile, match=f"is not {name} as published: its sha256"):
+        comfy_env.model_path("text_encoders", name)
+    # a file whose registry entry knows its digest and matches: checked once, then remembered
+    data = standin_bytes("text_encoder")
+    entry = ModelFile("known.safetensors", "text_encoder", "o/r", "known.safetensors", "x",
+                      sha256=hashlib.sha256(data).hexdigest(), source="test")
+    monkeypatch.setitem(registry.FILES, entry.name, entry)
+    p = tmp_path / "known.safetensors"
+    p.write_bytes(data)
+    assert registry.check_known(p) == "sha256"
+    assert registry.check_known(p) == "verified before"
+    p.write_bytes(standin_bytes("text_encoder", seed=5))  # changed on disk: checked again, and refused
+    with pytest.raises(CorruptModelFile):
+        registry.check_known(p)
 
 
 def test_doctor_reports_a_corrupt_file_and_exits_1(tmp_path):

@@ -271,26 +271,52 @@ def test_wrong_text_width_is_reported(bundle, source):
         encode_instructions(other, "make the square red")
 
 
-def test_missing_model_files_are_all_named(tmp_path):
+def test_missing_model_files_are_all_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSTRUCTAV2AV_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     with pytest.raises(FileNotFoundError) as info:
         load_bundle(model=tmp_path / "model.safetensors", models_dir=None, device="cpu")
     msg = str(info.value)
     assert f"{tmp_path / 'model.safetensors'} does not exist (--model)" in msg
-    assert "huggingface-cli download chetwinlow1/Ovi model.safetensors" in msg
-    assert "video VAE: not given (--video-vae PATH, or Wan2.2_VAE.pth in --models-dir)" in msg
-    assert "huggingface-cli download Wan-AI/Wan2.2-TI2V-5B Wan2.2_VAE.pth" in msg
-    assert "audio VAE: not given (--audio-vae" in msg and "hkchengrex/MMAudio ext_weights/v1-16.pth" in msg
-    assert "text encoder: not given (--text-encoder" in msg and "models_t5_umt5-xxl-enc-bf16.pth" in msg
+    assert "instructav2av download model.safetensors" in msg
+    assert "https://huggingface.co/chetwinlow1/Ovi/resolve/main/model.safetensors" in msg
+    assert "video VAE: none of wan2.2_vae.safetensors, Wan2.2_VAE.pth found" in msg
+    assert f"ComfyUI vae folder {tmp_path / 'models' / 'vae'}" in msg and str(tmp_path / "hf-cache") in msg
+    assert "or give the file with --video-vae" in msg and "instructav2av download wan2.2_vae.safetensors" in msg
+    assert "audio VAE: none of mmaudio_vae_16k_bf16.safetensors" in msg
+    assert "text encoder: none of umt5_xxl_fp8_e4m3fn_scaled.safetensors" in msg
     assert "models/diffusion_models/" in msg and "models/vae/" in msg and "models/text_encoders/" in msg
-    # a models folder: the usual names are looked for there, and the preset picks Ovi's file name
+    assert "instructav2av download --preset ovi-720-5s" in msg
+    # a models folder: the registry's names are looked for there, and the preset picks Ovi's file name
     (tmp_path / "Wan2.2_VAE.pth").write_bytes(b"")
     with pytest.raises(FileNotFoundError) as info:
         load_bundle(models_dir=tmp_path, preset="ovi-960-10s", device="cpu")
     msg = str(info.value)
     assert "video VAE" not in msg
-    assert f"none of model_960x960_10s.safetensors, model.safetensors, Ovi/model.safetensors in {tmp_path}" in msg
-    assert "chetwinlow1/Ovi model_960x960_10s.safetensors" in msg
-    assert "v1-16.pth" in msg
+    assert "none of model_960x960_10s.safetensors found (looked in" in msg and str(tmp_path) in msg
+    assert "instructav2av download model_960x960_10s.safetensors" in msg
+    assert "instructav2av download --preset ovi-960-10s" in msg
+
+
+def test_bundle_finds_downloaded_files_without_flags_and_refuses_a_known_name_with_other_content(tmp_path,
+                                                                                                 monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from model_standins import write_standin
+
+    from instructav2av.editing.bundle import _resolve_file
+
+    monkeypatch.setenv("INSTRUCTAV2AV_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("INSTRUCTAV2AV_CACHE", str(tmp_path / "cache"))
+    te = write_standin(tmp_path / "models" / "text_encoders" / "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "text_encoder")
+    assert _resolve_file("text_encoder", None, None, None) == (te, None)  # where `download` puts it
+    assert _resolve_file("text_encoder", "umt5_xxl_fp8_e4m3fn_scaled.safetensors", None, None) == (te, None)
+    # its keys are a text encoder's, but its sha256 is not the published file's: refused before loading
+    with pytest.raises(ValueError, match="is not umt5_xxl_fp8_e4m3fn_scaled.safetensors as published: its sha256"):
+        load_bundle(model=object(), video_vae=object(), audio_vae=object(), text_encoder=te, device="cpu",
+                    preset="ovi-720-5s")
 
 
 def test_load_bundle_from_files(tmp_path, source):

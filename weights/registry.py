@@ -177,6 +177,15 @@ def for_folder(folder: str) -> list[ModelFile]:
     return [f for f in _ENTRIES if f.folder == folder]
 
 
+def slot_files(slot: str, preset: str | None = None) -> list[ModelFile]:
+    """The registry's files for ``slot``, most wanted first: the preset's (or the default) file, then the rest."""
+    if slot == "model" and preset in _PRESET_MODEL:
+        names = [_PRESET_MODEL[preset], *([_PRESET_MODEL_FP8[preset]] if preset in _PRESET_MODEL_FP8 else [])]
+        return [FILES[n] for n in names]
+    first = DEFAULT_FILES.get(slot, _PRESET_MODEL["ovi-720-5s"] if slot == "model" else "")
+    return sorted((f for f in _ENTRIES if f.slot == slot), key=lambda f: f.name != first)
+
+
 # --------------------------------------------------------------------------------------------
 # Finding files
 # --------------------------------------------------------------------------------------------
@@ -327,6 +336,46 @@ def verify(path: str | os.PathLike, entry: ModelFile, *, size: int | None = None
     return "+".join(checked)
 
 
+def _verified_cache() -> Path:
+    return Path(os.environ.get("INSTRUCTAV2AV_CACHE") or Path.home() / ".cache" / "instructav2av") / "verified.json"
+
+
+def check_known(path: str | os.PathLike) -> str:
+    """Before a loader reads a file with a registry name: its size and sha256, where the registry knows them.
+
+    Hashing a 7 GB file takes a while, so a pass is remembered per (path, size, mtime) in
+    ``~/.cache/instructav2av/verified.json`` and not repeated; a changed file is checked again.
+    Returns what was checked ("" when the registry knows nothing to check); raises :class:`CorruptModelFile`.
+    """
+    import json
+
+    path = Path(path)
+    entry = FILES.get(path.name)
+    if entry is None or (entry.size is None and entry.sha256 is None):
+        return ""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = _verified_cache()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    want = entry.sha256 or f"size:{entry.size}"
+    if isinstance(cache, dict) and cache.get(key) == want:
+        return "verified before"
+    checked = verify(path, entry)
+    try:  # a cache that cannot be written only costs a second check next time
+        cache = cache if isinstance(cache, dict) else {}
+        cache[key] = want
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(cache, indent=0))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass
+    return checked
+
+
 def key_check(path: str | os.PathLike, entry: ModelFile) -> str:
     """Read the file's header (no tensor data) and check its keys are the kind this slot loads.
 
@@ -385,6 +434,8 @@ __all__ = [
     "SLOTS",
     "CorruptModelFile",
     "Lookup",
+    "check_known",
+    "slot_files",
     "MissingModelFile",
     "ModelFile",
     "for_folder",
