@@ -305,7 +305,7 @@ def test_bundle_finds_downloaded_files_without_flags_and_refuses_a_known_name_wi
     sys.path.insert(0, str(Path(__file__).parent))
     from model_standins import write_standin
 
-    from instructav2av.editing.bundle import _resolve_file
+    from instructav2av.weights.locate import resolve_file as _resolve_file
 
     monkeypatch.setenv("INSTRUCTAV2AV_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
