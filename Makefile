@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The dev/test torch is pinned here, never in requirements.txt.
 TORCH_PINS := torch==2.9.1 torchaudio==2.9.1
 
-.PHONY: setup test lint demo clean
+.PHONY: setup test lint validate pack demo clean
 
 $(VENV)/.installed: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,19 @@ setup: $(VENV)/.installed
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: setup lint
+# The Comfy Registry's checks: `comfy node validate` must print no finding (comfy-cli is a test
+# extra; no network needed). `make pack` builds the archive the registry would get into dist/.
+validate: setup
+	$(PY) tests/registry_check.py validate
+
+pack: setup
+	$(PY) tests/registry_check.py pack dist
+
+test: setup lint validate
 	$(PY) -m pytest -q
 
 demo: setup
 	$(VENV)/bin/instructav2av demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
