@@ -1,12 +1,14 @@
 """The pack inside a real ComfyUI: registration, template listing, and the CPU demo workflow via the API.
 
 Runs only when ``COMFYUI_PATH`` points at a ComfyUI checkout (``COMFYUI_PYTHON``: the interpreter
-with ComfyUI's requirements and this pack's, default: this one). The pack is linked into
-``custom_nodes`` under the folder name the README's install step clones into (an existing entry of
-that name is left alone), so what ComfyUI shows is what a user who followed the README sees, and
-ComfyUI is started headless on the CPU on a free port, with its input, output, temp and user
+with ComfyUI's requirements and this pack's, default: this one). The pack is installed from the
+archive the Comfy Registry would get: the ``comfy node pack`` archive of this checkout (its
+git-tracked files minus ``.comfyignore``; comfy-cli is a test extra) is unpacked into a temporary
+``custom_nodes`` folder, added with ``--extra-model-paths-config``, under the folder name the
+README's install step clones into, so what ComfyUI shows is what a user who followed the README
+sees. ComfyUI is started headless on the CPU on a free port, with its input, output, temp and user
 folders in a temporary directory and an in-memory database, so the checkout is not written to.
-The server is always stopped and the temporary link removed.
+The server is always stopped.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import zipfile
 from pathlib import Path
 
 import pytest
+from registry_check import pack
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -68,16 +72,27 @@ def _post(url: str, payload: dict):
     return body
 
 
+def _install_from_archive(root: Path, work: Path) -> tuple[Path, Path]:
+    """Unpack the registry archive as ``work/custom_nodes/<PACK>``; returns it and the extra-paths
+    file that adds ``work/custom_nodes`` to ComfyUI's custom-node folders."""
+    installed = root / "custom_nodes" / PACK
+    if installed.exists() or installed.is_symlink():
+        pytest.fail(f"{installed} exists: ComfyUI would load it as well as the packed archive under test; "
+                    "move it out of custom_nodes for the run")
+    nodes = work / "custom_nodes"
+    with zipfile.ZipFile(pack(work / "archive")) as archive:
+        archive.extractall(nodes / PACK)
+    extra = work / "extra_custom_nodes.yaml"
+    extra.write_text(f"instructav2av_pack:\n  custom_nodes: {json.dumps(str(nodes))}\n")
+    return nodes / PACK, extra
+
+
 @pytest.fixture(scope="module")
 def comfyui(tmp_path_factory):
     root = Path(COMFYUI).expanduser().resolve()
     assert (root / "main.py").is_file(), f"COMFYUI_PATH={root} is not a ComfyUI checkout (no main.py)"
-    link = root / "custom_nodes" / PACK
-    made_link = False
-    if not link.exists() and not link.is_symlink():
-        link.symlink_to(ROOT, target_is_directory=True)
-        made_link = True
     work = tmp_path_factory.mktemp("comfyui")
+    pack_dir, extra_paths = _install_from_archive(root, work)
     dirs = {name: work / name for name in ("input", "output", "temp", "user")}
     for d in dirs.values():
         d.mkdir()
@@ -91,6 +106,7 @@ def comfyui(tmp_path_factory):
     log = (work / "server.log").open("w")
     cmd = [PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
            "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK, "--database-url", "sqlite:///:memory:",
+           "--extra-model-paths-config", str(extra_paths),
            "--input-directory", str(dirs["input"]), "--output-directory", str(dirs["output"]),
            "--temp-directory", str(dirs["temp"]), "--user-directory", str(dirs["user"]),
            "--extra-model-paths-config", str(extra)]
@@ -108,8 +124,10 @@ def comfyui(tmp_path_factory):
                 if time.monotonic() > deadline:
                     raise AssertionError(f"ComfyUI did not start in {START_TIMEOUT} s") from None
                 time.sleep(1)
+        # ComfyUI's import-time report names the folder each pack was loaded from
+        assert f"seconds: {pack_dir}\n" in (work / "server.log").read_text(), "the pack was not loaded from the archive"
         yield {"url": url, "input": dirs["input"], "output": dirs["output"], "log": work / "server.log", "root": root,
-               "work": work, "models": models}
+               "work": work, "models": models, "pack": pack_dir}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -119,8 +137,6 @@ def comfyui(tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
         log.close()
-        if made_link:
-            link.unlink()
 
 
 def test_every_node_is_registered(comfyui):
@@ -141,7 +157,7 @@ def test_every_node_is_registered(comfyui):
 
 def test_template_browser_lists_the_ui_workflows_only(comfyui):
     listing = _get(f"{comfyui['url']}/api/workflow_templates")
-    ui_files = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+    ui_files = sorted(p.stem for p in (comfyui["pack"] / "workflows").glob("*.json"))
     assert sorted(listing.get(PACK, [])) == ui_files  # the API twins in workflows/api/ are not listed
     with urllib.request.urlopen(f"{comfyui['url']}/api/workflow_templates/{PACK}/{ui_files[0]}.json") as r:
         assert "nodes" in json.loads(r.read())
@@ -276,7 +292,7 @@ def _wait_for(url: str, prompt_id: str, timeout: float) -> dict:
 def test_demo_workflow_runs_and_saves_an_mp4_with_both_streams(comfyui):
     import av
 
-    prompt = json.loads((ROOT / "workflows" / "api" / "instructav2av_demo_cpu.json").read_text())
+    prompt = json.loads((comfyui["pack"] / "workflows" / "api" / "instructav2av_demo_cpu.json").read_text())
     client_id = uuid.uuid4().hex
     prompt_id = _post(f"{comfyui['url']}/prompt", {"prompt": prompt, "client_id": client_id})["prompt_id"]
     entry = _wait_for(comfyui["url"], prompt_id, RUN_TIMEOUT)
@@ -299,7 +315,7 @@ def test_demo_workflow_runs_and_saves_an_mp4_with_both_streams(comfyui):
 
 def test_cancel_stops_the_sampler_within_a_step(comfyui):
     url = comfyui["url"]
-    prompt = json.loads((ROOT / "workflows" / "api" / "instructav2av_demo_cpu.json").read_text())
+    prompt = json.loads((comfyui["pack"] / "workflows" / "api" / "instructav2av_demo_cpu.json").read_text())
     sampler = next(n for n in prompt.values() if n["class_type"] == "InstructAV2AVSampler")
     sampler["inputs"]["steps"] = 1000  # far longer than the test waits
     sampler["inputs"]["seed"] = 12345  # a new input: ComfyUI must not answer from its cache
