@@ -344,7 +344,7 @@ def conform(
         raise MediaError(f"start must be a finite number of seconds >= 0; got {start}")
     if clip.num_frames < 1:
         raise MediaError("the clip has no frames; expected at least one")
-    where = str(clip.source) if clip.source is not None else "clip"
+    where = str(clip.source) if clip.source is not None else "the source clip"
     device = torch.device(device) if device is not None else clip.frames.device
     indices, valid_frames = _source_indices(clip, spec, start, short)
     size = spec.size_for(clip.height, clip.width)

@@ -241,6 +241,34 @@ def test_ui_workflow_is_consistent(path):
         assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith(model["name"])
 
 
+# What ComfyUI's frontend (1.27, measured in Chromium) adds below a node once media is loaded or made:
+# Load Video and Save Video show a player, the sampler its live previews, each at the node's width and
+# the media's aspect ratio, growing the node or spilling over what lies below it; a portrait (9:16)
+# clip is the tallest case. Preview Image fits its image inside the node's own size.
+TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT: the title bar sits above a node's pos
+PREVIEW_BELOW = {"LoadVideo": 16 / 9, "SaveVideo": 16 / 9, "InstructAV2AVSampler": 16 / 9}
+
+
+def node_boxes(ui: dict) -> dict[str, tuple[float, float, float, float]]:
+    """title -> (x0, y0, x1, y1) of each node with its title bar and the room its preview can take."""
+    boxes = {}
+    for n in ui["nodes"]:
+        (x, y), (w, h) = n["pos"], n["size"]
+        boxes[f"{n['title']} (#{n['id']})"] = (x, y - TITLE_HEIGHT, x + w, y + h + w * PREVIEW_BELOW.get(n["type"], 0))
+    return boxes
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_no_node_hides_another_with_previews_open(path):
+    """Issue 11, item 13: Load Video's preview hid Load Editor Model's widgets. The live check with
+    previews open is workflows/screenshot_templates.py (a real ComfyUI in Chromium)."""
+    boxes = node_boxes(load(path))
+    hidden = [f"{a} x {b}" for i, (a, (ax0, ay0, ax1, ay1)) in enumerate(boxes.items())
+              for b, (bx0, by0, bx1, by1) in list(boxes.items())[i + 1 :]
+              if min(ax1, bx1) > max(ax0, bx0) and min(ay1, by1) > max(ay0, by0)]
+    assert not hidden, f"{path.name}: overlapping nodes: {hidden}"
+
+
 def test_demo_note_quotes_the_bundled_instruction():
     """The demo template's note names the instruction the Demo Clip node really outputs (issue 11, item 15)."""
     from instructav2av.nodes.demo import demo_files

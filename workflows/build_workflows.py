@@ -5,7 +5,9 @@ subfolder the template browser does not read).
     python workflows/build_workflows.py            # rewrite both formats of every workflow
     python workflows/build_workflows.py --check    # exit 1 if a file differs from what it would write
 
-Thumbnails (``workflows/<name>.jpg``) are made separately by ``workflows/make_thumbnails.py``.
+Thumbnails (``workflows/<name>.jpg``) are made separately by ``workflows/make_thumbnails.py``; the
+README's screenshot, and the check that no node hides another with previews open in a real ComfyUI,
+by ``workflows/screenshot_templates.py``.
 Node input order, widget order and defaults come from the node classes themselves (ours) and from
 :data:`CORE_NODES` (ComfyUI's, as of v0.3.64), so the UI files' positional ``widgets_values`` always
 match the nodes they load into. Never reorder node inputs without rebuilding these files.
@@ -47,6 +49,21 @@ CORE_NODES: dict[str, dict] = {
     "MaskToImage": {"inputs": [("mask", "MASK", False, False)], "outputs": [("IMAGE", "IMAGE")]},
     "PreviewImage": {"inputs": [("images", "IMAGE", False, False)], "outputs": []},
 }
+
+# Layout. ComfyUI's frontend draws a video preview (Load Video, Save Video) and the sampler's live
+# previews at the node's width and the media's aspect ratio below the widgets, growing the node or
+# spilling over whatever lies below it: a portrait (9:16) clip needs width * 16/9. Such nodes go last
+# in their column with that room reserved under them, so no preview ever hides another node.
+# (Preview Image nodes fit their image inside the size given here.)
+PREVIEW_GROWS = ("LoadVideo", "SaveVideo", "InstructAV2AVSampler")
+COLUMN_STEP = 380  # x distance of the columns (nodes are 320 or 360 wide)
+ROW_GAP = 80  # between stacked nodes: the next title bar (30) and room for a warning shown on a node
+
+
+def preview_room(cls: str, width: float) -> int:
+    """Height reserved under a node of type ``cls`` for a preview that grows it (0 for the others)."""
+    return -(-int(width) * 16 // 9) if cls in PREVIEW_GROWS else 0
+
 
 # Values of core widgets our workflows connect (ComfyUI's defaults), for the UI files' widgets_values.
 CORE_WIDGET_DEFAULTS = {("CreateVideo", "fps"): 30.0}
@@ -162,8 +179,8 @@ def _common_tail(first: int, model: str, vvae: str, avae: str, seed: int, sampli
         g: ("InstructAV2AVGateMap", "Gate Map", 4, {"latents": [s, 0], "sigma": 0.5, "scale": "stretch",
                                                     "plot_width": 512, "plot_height": 128}),
         mi: ("MaskToImage", "Video gate as image", 5, {"mask": [g, 0]}),
-        pv: ("PreviewImage", "Video gate (bright = edited)", 6, {"images": [mi, 0]}),
-        pa: ("PreviewImage", "Audio gate over time", 6, {"images": [g, 1]}),
+        pv: ("PreviewImage", "Video gate (bright = edited)", 7, {"images": [mi, 0]}),
+        pa: ("PreviewImage", "Audio gate over time", 7, {"images": [g, 1]}),
     }
 
 
@@ -191,8 +208,8 @@ def demo_workflow() -> dict:
 
 def edit_workflow() -> dict:
     nodes = {
-        "1": ("LoadVideo", "Load Video (with sound)", 0, {"file": "input_video.mp4"}),
-        "2": ("GetVideoComponents", "Get Video Components", 1, {"video": ["1", 0]}),
+        "1": ("LoadVideo", "Load Video (with sound)", 1, {"file": "input_video.mp4"}),
+        "2": ("GetVideoComponents", "Get Video Components", 2, {"video": ["1", 0]}),
         "3": ("InstructAV2AVModelLoader", "Load Editor Model", 0, {
             "model_name": EDIT_FILES["model"], "precision": "bf16", "attention": "auto", "preset": "auto",
             "adapter_1": "none", "adapter_1_strength": 1.0, "adapter_2": "none",
@@ -243,7 +260,6 @@ def _model_entries(values: dict) -> list[dict]:
 def to_ui(name: str, workflow: dict, defs: dict) -> dict:
     """ComfyUI's UI format (schema version 0.4), laid out in columns."""
     nodes, links = [], []
-    col_rows: dict[int, float] = {}
     ids = list(workflow["nodes"])
     # The frontend lists a node's sockets in definition order, then the widgets that were turned into
     # sockets (here: the linked ones); a link's target slot is the index in that list.
@@ -309,18 +325,25 @@ def to_ui(name: str, workflow: dict, defs: dict) -> dict:
             size[1] += 160
         if cls in ("PreviewImage", "SaveVideo"):
             size = [360, 400]
-        y = col_rows.get(column, 0.0)
-        col_rows[column] = y + size[1] + 60
         props = {"Node name for S&R": cls}
         props.update({"cnr_id": PACK_ID, "ver": PACK_VERSION} if d["ours"] else {"cnr_id": "comfy-core",
                                                                                   "ver": COMFY_VERSION})
         if models := _model_entries(inputs):
             props["models"] = models
         nodes.append({
-            "id": int(nid), "type": cls, "pos": [40 + 380 * column, 40 + y], "size": size, "flags": {},
+            "id": int(nid), "type": cls, "pos": [40 + COLUMN_STEP * column, 40], "size": size, "flags": {},
             "order": ranked.index(nid), "mode": 0, "inputs": ui_inputs, "outputs": outputs, "title": title,
             "properties": props, "widgets_values": widgets,
         })
+    # stack each column top-down in definition order, nodes whose preview grows them last
+    columns: dict[int, list[dict]] = {}
+    for node, nid in zip(nodes, ids):
+        columns.setdefault(workflow["nodes"][nid][2], []).append(node)
+    for stack in columns.values():
+        y = 40
+        for node in sorted(stack, key=lambda n: n["type"] in PREVIEW_GROWS):
+            node["pos"][1] = y
+            y += node["size"][1] + preview_room(node["type"], node["size"][0]) + ROW_GAP
     note_title, note_text = workflow["note"]
     note_id = max(int(i) for i in ids) + 1
     nodes.append({
@@ -338,7 +361,7 @@ def to_ui(name: str, workflow: dict, defs: dict) -> dict:
         "links": links,
         "groups": [],
         "config": {},
-        "extra": {"ds": {"scale": 0.75, "offset": [460, 40]}, "frontendVersion": FRONTEND_VERSION},
+        "extra": {"ds": {"scale": 0.6, "offset": [440, 60]}, "frontendVersion": FRONTEND_VERSION},
         "models": list(all_models.values()),
         "version": 0.4,
     }
