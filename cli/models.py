@@ -52,6 +52,7 @@ def _download(args: argparse.Namespace) -> int:
     try:
         entries = registry.preset_files(args.preset, fp8=args.fp8) if args.preset else []
         entries += [registry.get(name) for name in args.files]
+        entries += [registry.get(c) for e in list(entries) for c in e.companions]  # e.g. Wan's T5 and its tokenizer
     except (KeyError, ValueError) as exc:
         sys.stderr.write(f"error: {exc.args[0]}\n")
         return 2

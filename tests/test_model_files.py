@@ -185,6 +185,22 @@ def test_doctor_reports_a_corrupt_file_and_exits_1(tmp_path):
     assert status == 1 and re.search(r"CORRUPT\s+wan2.2_vae.safetensors .*MMAudio audio VAE", text)
 
 
+def test_doctor_reads_a_comfyui_checkout_and_its_extra_model_paths(tmp_path):
+    from instructav2av.weights.doctor import report
+
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "models" / "vae").mkdir(parents=True)
+    (comfy / "comfyui_version.py").write_text('__version__ = "0.3.64"\n')
+    (comfy / "extra_model_paths.yaml").write_text(
+        f"mine:\n    base_path: {tmp_path / 'elsewhere'}\n    text_encoders: |\n        te\n        te2\n")
+    write_standin(comfy / "models" / "vae" / "wan2.2_vae.safetensors", "video_vae")
+    write_standin(tmp_path / "elsewhere" / "te2" / "umt5_xxl_fp16.safetensors", "text_encoder")
+    text, status = report([tmp_path / "models"], comfyui=comfy)
+    assert status == 0 and f"ComfyUI 0.3.64 ({comfy})" in text
+    assert re.search(r"ok\s+wan2.2_vae.safetensors .*keys: the Wan2.2 VAE", text)
+    assert re.search(rf"ok\s+umt5_xxl_fp16.safetensors\s+\({tmp_path / 'elsewhere' / 'te2'}", text)
+
+
 def test_doctor_on_a_fresh_machine_prints_a_useful_report_and_exits_0(tmp_path):
     env = {**os.environ, "INSTRUCTAV2AV_MODELS_DIR": str(tmp_path / "models"), "HF_HUB_CACHE": str(tmp_path / "c"),
            "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
@@ -429,3 +445,16 @@ def test_templates_name_only_downloadable_files_and_list_them_for_the_frontend(n
     for node in ui["nodes"]:
         for m in node.get("properties", {}).get("models", []):
             assert m["name"] in node["widgets_values"], "the frontend only checks models its widgets name"
+
+
+def test_download_dry_run_lists_files_targets_and_companions(tmp_path, capsys):
+    from instructav2av.cli import main
+
+    assert main(["download", "models_t5_umt5-xxl-enc-bf16.pth", "--dry-run", "--models-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"-> {tmp_path / 'text_encoders' / 'models_t5_umt5-xxl-enc-bf16.pth'}" in out
+    assert "umt5-xxl-tokenizer/spiece.model: https://huggingface.co/Wan-AI/Wan2.2-TI2V-5B/resolve/main/google/umt5-xxl/spiece.model" in out
+    assert main(["download", "--preset", "ovi-960-5s", "--fp8", "--dry-run"]) == 2
+    assert "no fp8 file of Ovi is published for ovi-960-5s" in capsys.readouterr().err
+    assert main(["download", "nope.safetensors"]) == 2
+    assert "'nope.safetensors' is not a file this pack knows" in capsys.readouterr().err

@@ -103,12 +103,56 @@ def advice(devs: list[dict]) -> list[str]:
     return lines
 
 
-def check_files(roots: list[Path], full_hash: bool = False) -> list[FileStatus]:
-    """Each registry file: found (in ``root/<folder>`` for each root, then the HF cache) and checked."""
+def extra_model_paths(comfyui: Path) -> dict[str, list[Path]]:
+    """The folders a ComfyUI checkout's ``extra_model_paths.yaml`` adds, read as ComfyUI reads them."""
+    f = comfyui / "extra_model_paths.yaml"
+    if not f.is_file():
+        return {}
+    try:
+        import yaml
+
+        config = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+    except Exception:  # noqa: BLE001 - an unreadable file only means no extra folders in the report
+        return {}
+    out: dict[str, list[Path]] = {}
+    for conf in (c for c in config.values() if isinstance(c, dict)):
+        conf = dict(conf)
+        base = conf.pop("base_path", None)
+        conf.pop("is_default", None)
+        if base is not None:
+            base = Path(os.path.expandvars(os.path.expanduser(str(base))))
+            base = base if base.is_absolute() else comfyui / base
+        for folder, value in conf.items():
+            for line in str(value).split("\n"):
+                if line.strip():
+                    p = Path(line.strip())
+                    out.setdefault(folder, []).append(base / p if base is not None else (p if p.is_absolute()
+                                                                                       else comfyui / p))
+    return out
+
+
+def model_dirs(roots: list[Path], comfyui: Path | None = None) -> dict[str, list[Path]]:
+    """Per ComfyUI folder name, the directories looked in: each root's ``<folder>``, then a checkout's own."""
+    dirs: dict[str, list[Path]] = {}
+    folders = {e.folder for e in registry.FILES.values()} | {"vae"}
+    for folder in folders:
+        dirs[folder] = [r / folder for r in roots]
+    if comfyui is not None:
+        for folder in folders:
+            dirs[folder].append(comfyui / "models" / folder)
+        for folder, extra in extra_model_paths(comfyui).items():
+            dirs.setdefault(folder, []).extend(extra)
+    return dirs
+
+
+def check_files(roots: list[Path], full_hash: bool = False, comfyui: Path | None = None) -> list[FileStatus]:
+    """Each registry file: found (in ``root/<folder>`` for each root and a checkout's folders, then the
+    HF cache) and checked."""
+    dirs = model_dirs(roots, comfyui)
     out = []
     for entry in registry.FILES.values():
         folders = [entry.folder] + (["vae"] if entry.folder == "mmaudio" else [])
-        look = registry.locate(entry.name, entry.folder, comfy_dirs=[r / f for r in roots for f in folders])
+        look = registry.locate(entry.name, entry.folder, comfy_dirs=[d for f in folders for d in dirs.get(f, [])])
         if look.found is None:
             out.append(FileStatus(entry, "missing", detail="; ".join(look.looked)))
             continue
@@ -167,9 +211,10 @@ def report(roots: list[Path], comfyui: Path | None = None, full_hash: bool = Fal
         lines.append(f"    dtypes: {', '.join(d['dtypes'])}; fp8 matmul: {'yes' if d['fp8_matmul'] else 'no'}; "
                      f"attention: {', '.join(d['attention'])}")
     lines += ["", "== memory advice", *advice(devs)]
-    lines += ["", "== model files (looked in: " + ", ".join(str(r) for r in roots)
+    looked = [*map(str, roots), *([f"{comfyui / 'models'} (+ its extra_model_paths.yaml)"] if comfyui else [])]
+    lines += ["", "== model files (looked in: " + ", ".join(looked)
               + f"; then the Hugging Face cache {registry.hf_cache_dir()})"]
-    files = check_files(roots, full_hash=full_hash)
+    files = check_files(roots, full_hash=full_hash, comfyui=comfyui)
     for s in files:
         if s.state == "ok":
             lines.append(f"  ok       {s.entry.name}  ({s.path}; {s.detail})")
@@ -184,4 +229,5 @@ def report(roots: list[Path], comfyui: Path | None = None, full_hash: bool = Fal
     return "\n".join(lines) + "\n", 1 if corrupt else 0
 
 
-__all__ = ["FileStatus", "advice", "check_files", "comfyui_version", "devices", "preset_readiness", "report"]
+__all__ = ["FileStatus", "advice", "check_files", "comfyui_version", "devices", "extra_model_paths", "model_dirs",
+           "preset_readiness", "report"]

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from .registry import CorruptModelFile, ModelFile, key_check, verify
+from .registry import CorruptModelFile, ModelFile, check_known, key_check, verify
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def fetch(entry: ModelFile, dest: str | os.PathLike, *, endpoint: str | None = N
     final = dest / entry.name
     if final.exists():
         try:
-            verify(final, entry, full_hash=entry.sha256 is not None)
+            check_known(final)  # size / sha256 where known, remembered once passed
             key_check(final, entry)
         except CorruptModelFile as exc:
             raise DownloadError(f"{final} exists but is not the published file ({exc}); it was left as it is. "

@@ -57,6 +57,7 @@ class ModelFile:
     safetensors_alternative: str | None = None  # name of the same weights as .safetensors
     revision: str = "main"
     license: str = ""
+    companions: tuple[str, ...] = ()  # other registry files this one is unusable without (fetched with it)
 
     @property
     def folder(self) -> str:
@@ -131,7 +132,8 @@ _ENTRIES = (
     ModelFile("models_t5_umt5-xxl-enc-bf16.pth", "text_encoder", "Wan-AI/Wan2.2-TI2V-5B",
               "models_t5_umt5-xxl-enc-bf16.pth", "umT5-XXL, Wan's original (needs the tokenizer below)",
               size=11_361_920_418, source=_SRC_UMT5_PTH, approx_gb=11.4,
-              safetensors_alternative="umt5_xxl_fp16.safetensors", license="Apache-2.0"),
+              safetensors_alternative="umt5_xxl_fp16.safetensors", license="Apache-2.0",
+              companions=("umt5-xxl-tokenizer/spiece.model",)),
     ModelFile("umt5-xxl-tokenizer/spiece.model", "tokenizer", "Wan-AI/Wan2.2-TI2V-5B",
               "google/umt5-xxl/spiece.model", "umT5 tokenizer for Wan's .pth encoder", approx_gb=0.005,
               license="Apache-2.0"),
