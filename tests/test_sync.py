@@ -117,3 +117,21 @@ def test_comfyui_inputs_keep_sync():
     click = click_time(audio["waveform"][0, 0].numpy(), audio["sample_rate"])
     assert fps == out_fps and k == _expected_frame(flash, src_fps, start, out_fps)
     assert abs(click - k / out_fps) <= 0.5 / out_fps
+
+
+def test_stereo_is_averaged_to_mono_without_a_shift():
+    """A click in one channel only lands at half its amplitude, at its time, in the mono track."""
+    from instructav2av.media.video_io import Clip
+
+    rate, fps = 48000, 25
+    frames = torch.zeros(50, 32, 32, 3, dtype=torch.uint8)
+    audio = torch.zeros(2, 2 * rate)
+    audio[0] = 0.3 * torch.sin(2 * torch.pi * 440 * torch.arange(2 * rate) / rate)
+    audio[1, rate : rate + 96] = 0.9  # the right channel alone clicks at 1.0 s
+    clip = Clip(frames=frames, fps=fps, audio=audio, sample_rate=rate, has_audio=True)
+    out = conform(clip, ClipSpec(fps=24, num_frames=33, sample_rate=OUT_RATE, area=32 * 32), start=0.25)
+    i = int(np.argmax(out.audio.numpy()))
+    assert i / OUT_RATE == pytest.approx(0.75, abs=AUDIO_TOL)
+    # left tone 0.3 * sin + right 0.9 -> mean (0.3 sin + 0.9) / 2 in [0.3, 0.6]
+    assert 0.3 <= float(out.audio.max()) <= 0.62
+    assert float(out.audio[: int(0.7 * OUT_RATE)].abs().max()) == pytest.approx(0.15, abs=0.01)
