@@ -265,6 +265,10 @@ def run_training(config: TrainConfig, bundle: EditorBundle | None = None, *, pro
     check_outputs_apart(config)
     if bundle is None:
         check_files(config)
+    if not config.resume:
+        from ..training.checkpointing import check_new_run
+
+        check_new_run(config.output_dir)  # before minutes of loading and caching
     rank, world = init_distributed()
     pairs, report = check_dataset(config, bundle.config if bundle is not None else None)
     report.raise_if_problems()

@@ -292,10 +292,21 @@ def test_sigma_sampling_respects_range_and_shift():
 # -- two processes ---------------------------------------------------------------------------------
 
 
+# Default settings (LoRA, bf16 autocast, adam_eps 1e-8), and the same in float32, for the stated tolerance.
+DEFAULT_RUNS = {"lora-bf16": {}, "lora-fp32": {"mixed_precision": "no"}}
+DEFAULT_KW = dict(steps=2, batch_size=2, checkpoint_every=0, log_every=0)
+
+
 def _worker(rank: int, world: int, init_file: str, out: str, kw: dict) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
+        for name, extra in DEFAULT_RUNS.items():
+            tr = Trainer(tiny_editor(), TrainConfig(**DEFAULT_KW, **extra, output_dir=f"{out}-{name}"),
+                         InMemoryLatents(tiny_items(4)), empty_context=EMPTY)
+            tr.train()
+            if rank == 0:
+                torch.save(tr._trainable_state(), f"{out}-{name}.pt")
         for distributed in ("ddp", "fsdp"):  # one spawn for both: starting processes is the slow part
             cfg = TrainConfig(**kw, distributed=distributed, output_dir=f"{out}-{distributed}")
             tr = Trainer(tiny_editor(), cfg, InMemoryLatents(tiny_items(4)), empty_context=EMPTY)
@@ -317,9 +328,8 @@ def _worker(rank: int, world: int, init_file: str, out: str, kw: dict) -> None:
 
 
 def test_two_gloo_processes_make_the_same_update_as_one(tmp_path):
-    """DDP and FSDP on 2 processes x 2 samples against 1 process x 4 samples (full fine-tune: the
-    LoRA path differs only in which parameters train, and importing peft in two fresh processes
-    would triple this test's time on a 2-core machine)."""
+    """DDP and FSDP on 2 processes x 2 samples against 1 process x 4 samples: a full fine-tune in
+    float32 agrees to float32 rounding; LoRA at default settings (bf16) within the stated tolerance."""
     kw = dict(steps=2, batch_size=2, learning_rate=1e-3, checkpoint_every=0, log_every=0, mixed_precision="no",
               adapter="full", adam_eps=1e-3)
     initial = {n: p.detach().clone() for n, p in tiny_editor().named_parameters()}
@@ -341,6 +351,24 @@ def test_two_gloo_processes_make_the_same_update_as_one(tmp_path):
         state = (tmp_path / f"two-{distributed}" / "checkpoints" / "step-0000002" / "state.json").read_text()
         assert '"world_size": 2' in state
     assert (tmp_path / "two-fsdp" / "editor_joint_step0000002.safetensors").is_file()
+    # Default settings: the tolerance docs/design-decisions.md states. In bf16 autocast a batch of 4
+    # and two of 2 round differently (kernels block by batch size); Adam turns a gradient whose sign
+    # that rounding flips into a full +-lr step, so single elements differ by up to ~2 lr per step,
+    # while the bulk agrees. In float32 the runs agree to rounding even with adam_eps = 1e-8.
+    for name, extra in DEFAULT_RUNS.items():
+        ref = Trainer(tiny_editor(), TrainConfig(**{**DEFAULT_KW, "batch_size": 4}, **extra,
+                                                 output_dir=str(tmp_path / f"one-{name}")),
+                      InMemoryLatents(tiny_items(4)), empty_context=EMPTY)
+        ref.train()
+        one = trainable_state(ref)
+        two = torch.load(tmp_path / f"two-{name}.pt", weights_only=True)
+        diff = torch.cat([(two[k] - one[k]).abs().flatten() for k in one])
+        lr_new = ref.config.learning_rate * ref.config.new_params_lr_scale
+        if name == "lora-fp32":
+            assert diff.max() <= 2e-6, f"{name}: {diff.max():.3g}"
+        else:
+            assert diff.median() <= 1e-5 and diff.quantile(0.99) <= 1e-4, f"{name}: {diff.median():.3g}"
+            assert diff.max() <= 2 * lr_new * DEFAULT_KW["steps"]
 
 
 def test_checkpoint_holds_every_process_rng_and_is_atomic(tmp_path):

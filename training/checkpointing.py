@@ -8,6 +8,7 @@ temporary folder and renamed into place, so a crash or a full disk never damages
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -49,6 +50,51 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def run_rng(seed: int, rank: int, resume_state: dict | None = None):
+    """Every global generator a run uses (torch CPU and CUDA, NumPy, Python's ``random``) for the
+    length of the block: seeded from ``(seed, rank)`` for a new run, or set to ``resume_state``; the
+    caller's own generator states come back afterwards (ComfyUI's, another run's). Per-sample
+    randomness has its own generators (:mod:`.batches`); this covers the rest, e.g. LoRA dropout."""
+    outer = rng_state()
+    try:
+        if resume_state is not None:
+            set_rng_state(resume_state)
+        else:
+            value = int(np.random.SeedSequence([seed, rank, 0x5EED]).generate_state(1, np.uint64)[0] >> 1)
+            torch.manual_seed(value)  # CPU and every CUDA device
+            np.random.seed(value % 2**32)
+            random.seed(value)
+        yield
+    finally:
+        set_rng_state(outer)
+
+
+# --------------------------------------------------------------------------------------------
+# the run folder
+# --------------------------------------------------------------------------------------------
+
+
+def run_files(output_dir: str | os.PathLike) -> list[Path]:
+    """What a run leaves in its output folder (log, checkpoints, products); empty for a fresh folder."""
+    out = Path(output_dir)
+    found = [p for p in (out / "loss.csv", out / "loss.png", out / "checkpoints" / "latest") if p.exists()]
+    found += sorted((out / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")) if (out / "checkpoints").is_dir() else []
+    found += sorted(p for pattern in ("adapter_*.safetensors", "editor_*.safetensors") for p in out.glob(pattern))
+    return found
+
+
+def check_new_run(output_dir: str | os.PathLike) -> None:
+    """Refuse to start a new run in a folder that holds another run's files: both would write one
+    ``loss.csv``, and pruning would keep the other run's higher steps and delete the new run's."""
+    found = run_files(output_dir)
+    if found:
+        names = ", ".join(p.relative_to(Path(output_dir)).as_posix() for p in found[:4])
+        raise FileExistsError(f"{output_dir} already holds a training run ({names}{', ...' if len(found) > 4 else ''}); "
+                              "a new run needs an empty or new output folder (run name). To continue that run, "
+                              "resume it (resume = \"latest\", same settings)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,6 +159,9 @@ class Checkpoints:
             p = self.folder / pointer.read_text().strip()
             if (p / "state.json").is_file():
                 return p
+            # never fall back to another folder's newest step: it may be another run's
+            raise FileNotFoundError(f"{pointer} names {p.name}, which is not a complete checkpoint; resume from an "
+                                    f"explicit step-NNNNNNN folder of {self.folder} instead of 'latest'")
         done = self._done()
         return done[-1] if done else None
 

@@ -44,9 +44,10 @@ from .checkpointing import (
     CHECKPOINT_PREFIX,
     Checkpoints,
     check_identity,
+    check_new_run,
     read_trainable,
     rng_state,
-    set_rng_state,
+    run_rng,
 )
 from .config import TrainConfig
 from .distributed import init_distributed
@@ -123,6 +124,9 @@ class Trainer:
         self.rank, self.world = distributed.rank_and_world()
         self.device = next(model.parameters()).device
         self._check_data()
+        if not config.resume:
+            check_new_run(self.output_dir)  # before the model is touched
+        self._rng: dict | None = None  # the run's generator states between train() calls (None: seed them)
 
         self.base = base_fingerprint(model)  # before any merge changes the base
         with torch.random.fork_rng(devices=[]):  # LoRA init: deterministic, global RNG untouched
@@ -283,6 +287,14 @@ class Trainer:
     def train(self) -> TrainResult:
         """Run until ``config.steps`` (or ``should_stop()``); writes checkpoints, logs, edits and the adapter."""
         c = self.config
+        with run_rng(c.seed, self.rank, self._rng):
+            try:
+                return self._train()
+            finally:
+                self._rng = rng_state()
+
+    def _train(self) -> TrainResult:
+        c = self.config
         history: list[dict] = []
         start, first_step = time.perf_counter(), self.step
         checkpoint = None
@@ -361,7 +373,7 @@ class Trainer:
         blob = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
         distributed.load_optimizer_state(self.model, self.optimizer, blob["optimizer"], self.fsdp)
         self.scheduler.load_state_dict(blob["scheduler"])
-        set_rng_state(blob["rng"][self.rank])
+        self._rng = blob["rng"][self.rank]  # train() runs with it (and leaves the caller's generators alone)
         self.step = int(state["step"])
         self.loss_log.truncate(self.step)
         logger.info("resumed from %s at step %d", path, self.step)
