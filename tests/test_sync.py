@@ -135,3 +135,37 @@ def test_stereo_is_averaged_to_mono_without_a_shift():
     # left tone 0.3 * sin + right 0.9 -> mean (0.3 sin + 0.9) / 2 in [0.3, 0.6]
     assert 0.3 <= float(out.audio.max()) <= 0.62
     assert float(out.audio[: int(0.7 * OUT_RATE)].abs().max()) == pytest.approx(0.15, abs=0.01)
+
+
+def test_edit_in_windows_keeps_sync_across_the_joins(monkeypatch):
+    """ComfyUI graph, 'all windows', from start_seconds, at denoise 0 (the source through the exact demo
+    codecs): a flash and click in the third window come out within half a frame of each other."""
+    from test_nodes import node, tiny_bundle
+
+    from instructav2av.editing import bundle as bundle_module
+
+    monkeypatch.setitem(bundle_module._LOADERS, "demo", tiny_bundle)
+    model, vvae, avae, te = node("InstructAV2AVDemoLoader").load("fp32")
+    src_fps, rate, flash, start, out_fps = 25, 48000, 41, 0.3, 16  # the test model runs at 16 fps, 16 kHz
+    images = torch.full((60, 32, 32, 3), 0.2)
+    images[flash] = 0.9
+    t = torch.arange(round(60 / src_fps * rate)) / rate
+    wave = 0.2 * torch.sin(2 * torch.pi * 440 * t)
+    at = round(flash / src_fps * rate)
+    wave[at : at + rate // 500] = 0.95
+    audio = {"waveform": wave[None, None], "sample_rate": rate}
+    (instr,) = node("InstructAV2AVInstructionEncode").encode(te, "keep it", "", "")
+    (src,) = node("InstructAV2AVSourceEncode").encode(model, vvae, avae, images, float(src_fps), "crop",
+                                                      "all windows", start, audio)
+    assert len(src.windows) >= 3  # 2.1 s from 0.3 s in windows of 9 frames at 16 fps
+    (latents,) = node("InstructAV2AVSampler").sample(model, instr, src, 0, 2, shift=5.0, solver="euler",
+                                                     video_instruction_scale=1.0, video_source_scale=1.0,
+                                                     audio_instruction_scale=1.0, audio_source_scale=1.0,
+                                                     slg_layers="auto", denoise=0.0)
+    out_images, out_audio, fps = node("InstructAV2AVDecode").decode(latents, vvae, avae)
+    assert fps == out_fps and out_audio["sample_rate"] == OUT_RATE
+    k = int(out_images.mean(dim=(1, 2, 3)).argmax())
+    click = click_time(out_audio["waveform"][0, 0].numpy(), OUT_RATE)
+    assert click == pytest.approx(flash / src_fps - start, abs=AUDIO_TOL)
+    assert k == _expected_frame(flash, src_fps, start, out_fps) and k >= 18  # in the third window
+    assert abs(click - k / out_fps) <= 0.5 / out_fps, f"A/V offset {1000 * (click - k / out_fps):+.1f} ms"
