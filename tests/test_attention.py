@@ -62,7 +62,10 @@ def test_sdpa_bf16_close_to_reference():
     q, k, v = _qkv(dtype=torch.bfloat16, lq=33, lk=40, d=32)
     out = attention(q, k, v, backend="sdpa")
     assert out.dtype == torch.bfloat16
-    assert (out.float() - _naive(q, k, v).float()).abs().max() < 2e-2
+    # bounded by bf16's own error here: rounding the exact (float64) result to bf16; measured: equal to it
+    truth = _naive(q, k, v)
+    own = (truth.to(torch.bfloat16).double() - truth).abs().max()
+    assert (out.double() - truth).abs().max() <= 2 * own
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "reference"])
