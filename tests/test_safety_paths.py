@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 from helpers_ckpt import ovi_key_shapes, random_weights, save
@@ -34,7 +35,7 @@ TINY = get_preset("tiny")
 
 
 def _frames(n: int = 4) -> torch.Tensor:
-    return torch.from_numpy(__import__("numpy").stack([pattern_frame(i) for i in range(n)]))
+    return torch.from_numpy(np.stack([pattern_frame(i) for i in range(n)]))
 
 
 def test_write_clip_reservation_survives_a_race(tmp_path, monkeypatch):
