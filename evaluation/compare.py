@@ -3,18 +3,22 @@
 The edited clip fixes the geometry (frame rate, size, sample rate, length); the source is
 conformed to it exactly as the editor conforms its input (retimed, centre-cropped or padded,
 resampled), so an output of ``instructav2av edit`` compares with the file it was made from. Both
-are then cut to the same ``1 + 4k`` frames and scored by :func:`.metrics.evaluate_general`.
+are then cut to the same ``1 + 4k`` frames and scored by :class:`.general.GeneralScores`, a chunk
+of frames at a time: only the decoded 8-bit frames are held whole, never the clip as float32.
+``start`` says where in the source the edit begins (``edit --start``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-from ..media import Clip, ClipSpec, conform, read_clip
-from .metrics import AVClip, evaluate_general, format_score
+from ..media import Clip, ClipSpec, plan_conform, read_clip
+from .general import GeneralScores, chunk_frames
+from .metrics import format_score
 
 # (metric key, label, format, what it says)
 REPORT = (
@@ -28,34 +32,42 @@ REPORT = (
 )
 
 
-def compare_clips(source: Clip, edited: Clip, *, fit: str = "crop") -> dict:
-    """General metrics of ``edited`` against ``source`` (see module doc); also records the frames compared."""
-    if edited.frames.shape[0] < 1:
-        raise ValueError("the edited clip has no frames")
+def compare_clips(source: Clip, edited: Clip, *, fit: str = "crop", start: float = 0.0,
+                  chunk: int | None = None) -> dict:
+    """General metrics of ``edited`` against ``source`` from ``start`` seconds of ``source`` (see
+    module doc), ``chunk`` frames at a time (default: by frame size; the scores do not depend on
+    it); also records the frames compared."""
+    if edited.frames.shape[0] < 2:
+        raise ValueError(f"the edited clip has {edited.frames.shape[0]} frame(s); scoring needs at least 2")
     frames = 1 + 4 * ((edited.frames.shape[0] - 1) // 4)
     height, width = int(edited.frames.shape[1]), int(edited.frames.shape[2])
     sample_rate = edited.sample_rate if edited.has_audio else (source.sample_rate or 16_000)
     spec = ClipSpec(fps=edited.fps, num_frames=frames, sample_rate=sample_rate, area=height * width,
                     height=height, width=width, multiple=1)
-    src, out = conform(source, spec, fit=fit), conform(edited, spec, fit=fit)
-    scores = evaluate_general(AVClip(src.video, src.audio, float(spec.fps), sample_rate),
-                              AVClip(out.video, out.audio, float(spec.fps), sample_rate))
-    scores.update(frames=frames, fps=float(spec.fps), height=height, width=width, sample_rate=sample_rate,
-                  source_frames_used=src.valid_frames)
-    return scores
+    src, out = plan_conform(source, spec, fit=fit, start=start), plan_conform(edited, spec, fit=fit)
+    step = chunk or chunk_frames(height, width)
+    scores = GeneralScores()
+    for s, o in zip(src.video_chunks(step), out.video_chunks(step)):
+        scores.add(s, o)
+    result = scores.finish(src.audio, out.audio, float(spec.fps), sample_rate)
+    result.update(frames=frames, fps=float(spec.fps), height=height, width=width, sample_rate=sample_rate,
+                  source_frames_used=src.valid_frames, source_start=src.start)
+    return result
 
 
-def compare_files(source: str | Path, edited: str | Path, *, fit: str = "crop") -> dict:
-    """:func:`compare_clips` on two media files (the source is read only as far as the edit lasts)."""
+def compare_files(source: str | Path, edited: str | Path, *, fit: str = "crop", start: float = 0.0,
+                  chunk: int | None = None) -> dict:
+    """:func:`compare_clips` on two media files (only the part of the source the edit covers is read)."""
     out = read_clip(edited)
     duration = out.frames.shape[0] / float(out.fps) + 0.25
-    return compare_clips(read_clip(source, duration=duration), out, fit=fit)
+    return compare_clips(read_clip(source, start=start, duration=duration), out, fit=fit, chunk=chunk)
 
 
 def format_report(scores: dict) -> str:
     """The scores as aligned lines, one metric per line with what its value means."""
     lines = [f"compared {scores['frames']} frames at {scores['fps']:g} fps, {scores['width']}x{scores['height']}, "
-             f"audio at {scores['sample_rate']} Hz"]
+             f"audio at {scores['sample_rate']} Hz"
+             + (f", from {scores['source_start']:.3f} s of the source" if scores.get("source_start") else "")]
     if scores.get("source_frames_used", scores["frames"]) < scores["frames"]:
         lines.append(f"(the source covers only {scores['source_frames_used']} of those frames; the rest is padding)")
     for key, label, fmt, meaning in REPORT:
@@ -70,6 +82,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("edited", help="the edited video file (its rate, size and length are the reference)")
     parser.add_argument("--fit", choices=("crop", "pad"), default="crop",
                         help="how the source was fitted to the edit's size (as `edit --fit`; default crop)")
+    parser.add_argument("--start", type=float, default=0.0,
+                        help="seconds into the source where the edit begins (as `edit --start`; default 0)")
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
     parser.set_defaults(func=_run)
 
@@ -78,6 +92,8 @@ def _run(args: argparse.Namespace) -> int:
     for name in ("source", "edited"):
         if not Path(getattr(args, name)).is_file():
             raise FileNotFoundError(f"{name} file {getattr(args, name)} not found")
-    scores = compare_files(args.source, args.edited, fit=args.fit)
+    if not (args.start >= 0 and math.isfinite(args.start)):
+        raise ValueError(f"--start must be a number of seconds >= 0; got {args.start}")
+    scores = compare_files(args.source, args.edited, fit=args.fit, start=args.start)
     sys.stdout.write((json.dumps(scores, indent=1) if args.json else format_report(scores)) + "\n")
     return 0

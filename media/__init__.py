@@ -11,9 +11,11 @@ from .comfy_types import (
 from .conforming import (
     ClipSpec,
     ConformedClip,
+    ConformPlan,
     choose_size,
     conform,
     load_clip,
+    plan_conform,
     resample_audio,
     target_audio_samples,
 )
@@ -24,6 +26,7 @@ __all__ = [
     "Clip",
     "ClipSpec",
     "ConformedClip",
+    "ConformPlan",
     "MAX_SIDE",
     "MediaError",
     "check_frame_size",
@@ -35,6 +38,7 @@ __all__ = [
     "fresh_path",
     "image_to_video_tensor",
     "load_clip",
+    "plan_conform",
     "read_clip",
     "resample_audio",
     "target_audio_samples",

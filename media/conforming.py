@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -335,6 +336,65 @@ def conform(
     A clip without audio gets a silent track (WARNING); silent or clipped audio is reported with a
     WARNING; NaN/Inf in frames or audio raise :class:`MediaError`.
     """
+    plan = plan_conform(clip, target, fit=fit, start=start, short=short)
+    device = torch.device(device) if device is not None else clip.frames.device
+    video = _conform_video(clip, plan.indices, plan.size, fit, device, dtype)
+    return ConformedClip(
+        video=video, audio=plan.audio, fps=plan.fps, sample_rate=plan.sample_rate, valid_frames=plan.valid_frames,
+        valid_samples=plan.valid_samples, start=plan.start, source=plan.source,
+    )
+
+
+@dataclass
+class ConformPlan:
+    """What :func:`conform` makes, with the video made on demand, a few frames at a time.
+
+    For work that reads the conformed frames once, in order (scoring a long clip): the float32
+    copy of the whole clip, and everything computed from it at once, never exists. The audio is
+    conformed already (mono at the target rate: small). :meth:`video_chunks` gives exactly the
+    values of ``conform(...).video``, piece by piece.
+    """
+
+    clip: Clip
+    indices: torch.Tensor  # source frame of each output frame
+    size: tuple[int, int]
+    fit: str
+    audio: torch.Tensor
+    fps: Fraction
+    sample_rate: int
+    valid_frames: int
+    valid_samples: int
+    start: float
+    source: Path | None
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.indices)
+
+    @property
+    def height(self) -> int:
+        return self.size[0]
+
+    @property
+    def width(self) -> int:
+        return self.size[1]
+
+    def video_chunks(
+        self, frames: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ) -> Iterator[torch.Tensor]:
+        """``conform(...).video[:, k : k + frames]`` for k = 0, frames, 2·frames, ...: ``[3, n, H, W]`` each."""
+        if frames < 1:
+            raise ValueError(f"frames must be at least 1; got {frames}")
+        device = torch.device(device) if device is not None else self.clip.frames.device
+        for k0 in range(0, self.num_frames, frames):
+            yield _conform_video(self.clip, self.indices[k0 : k0 + frames], self.size, self.fit, device, dtype)
+
+
+def plan_conform(
+    clip: Clip, target: ModelConfig | ClipSpec, *, fit: str = "crop", start: float = 0.0, short: str = "pad"
+) -> ConformPlan:
+    """Check the arguments, choose the source frames and size, conform the audio: :func:`conform`
+    without the video (see :class:`ConformPlan`)."""
     spec = _as_spec(target)
     if fit not in ("crop", "pad"):
         raise MediaError(f"fit must be 'crop' or 'pad'; got {fit!r}")
@@ -345,14 +405,12 @@ def conform(
     if clip.num_frames < 1:
         raise MediaError("the clip has no frames; expected at least one")
     where = str(clip.source) if clip.source is not None else "the source clip"
-    device = torch.device(device) if device is not None else clip.frames.device
     indices, valid_frames = _source_indices(clip, spec, start, short)
-    size = spec.size_for(clip.height, clip.width)
-    video = _conform_video(clip, indices, size, fit, device, dtype)
     audio, valid_samples = _conform_audio(clip, spec, start, valid_frames, where)
-    return ConformedClip(
-        video=video, audio=audio, fps=spec.fps, sample_rate=spec.sample_rate, valid_frames=valid_frames,
-        valid_samples=valid_samples, start=clip.start + start, source=clip.source,
+    return ConformPlan(
+        clip=clip, indices=indices, size=spec.size_for(clip.height, clip.width), fit=fit, audio=audio, fps=spec.fps,
+        sample_rate=spec.sample_rate, valid_frames=valid_frames, valid_samples=valid_samples,
+        start=clip.start + start, source=clip.source,
     )
 
 
@@ -374,10 +432,12 @@ def load_clip(
 
 __all__ = [
     "ClipSpec",
+    "ConformPlan",
     "ConformedClip",
     "choose_size",
     "conform",
     "load_clip",
+    "plan_conform",
     "resample_audio",
     "target_audio_samples",
 ]
