@@ -115,6 +115,67 @@ def _input_files(args: argparse.Namespace, source: Path) -> list[tuple[str, str 
     return [(label, path) for label, path in files if path and not Path(path).expanduser().is_dir()]
 
 
+def _check_sampling(args: argparse.Namespace) -> None:
+    """--steps, --shift, --seed and --solver, checked as the sampler will check them (flag names in messages)."""
+    from ..samplers import DEFAULT_SHIFT, DEFAULT_STEPS, SOLVERS, edit_schedule
+    from ..samplers.sampling import MAX_SEED
+
+    try:
+        edit_schedule(DEFAULT_STEPS if args.steps is None else args.steps,
+                      DEFAULT_SHIFT if args.shift is None else args.shift, args.denoise)
+    except ValueError as exc:
+        message = str(exc)
+        for word in ("steps", "shift", "denoise"):
+            if message.startswith(word):
+                message = "--" + message
+        raise ValueError(message) from None
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed must be an integer in [0, 2**64 - 1], got {args.seed}")
+    if args.solver is not None and args.solver not in SOLVERS:
+        raise ValueError(f"--solver must be one of {', '.join(SOLVERS)}, got {args.solver!r}")
+
+
+def _check_source(source: Path, start: float) -> None:
+    """The source decodes at --start: one frame (and its audio) read now; bad, empty or too short media fail here."""
+    import math
+
+    from ..media import read_clip
+
+    if not (start >= 0 and math.isfinite(start)):
+        raise ValueError(f"--start must be a number of seconds >= 0, got {start}")
+    read_clip(source, start=start, max_frames=1)
+
+
+def _config_before_loading(args: argparse.Namespace):
+    """The model's config when it is known without loading weights: from --preset, or from the header
+    of a --model safetensors file; None otherwise. An unknown --preset fails here, with the choices."""
+    from ..editing.bundle import bundle_loaders
+    from ..models.configs import PRESETS
+
+    if args.preset:
+        if args.preset in PRESETS:
+            return PRESETS[args.preset]
+        if args.preset in bundle_loaders():
+            return None
+        raise ValueError(f"unknown --preset {args.preset!r}; valid presets: {', '.join(PRESETS)} "
+                         f"(bundled models that need no files: {', '.join(bundle_loaders())})")
+    model = Path(args.model).expanduser() if args.model else None
+    if model is not None and model.suffix == ".safetensors" and model.is_file():
+        from ..weights.dit import inspect_checkpoint
+
+        info = inspect_checkpoint(model)  # the header only: milliseconds, whatever the file's size
+        if info.problem:
+            raise ValueError(info.problem)
+        return info.config
+    return None
+
+
+def _check_skip_layers(layers: tuple[int, ...] | None, num_layers: int) -> None:
+    if layers and max(layers) >= num_layers:
+        raise ValueError(f"--slg block(s) {','.join(map(str, layers))} do not exist: the model has {num_layers} "
+                         f"blocks (0..{num_layers - 1})")
+
+
 def _guidance(args: argparse.Namespace, base):
     """``base`` (an EditGuidance) with the flags given; range errors name the flag."""
     changes = {
@@ -198,6 +259,11 @@ def _run(args: argparse.Namespace) -> int:
     _guidance(args, EditGuidance())  # range errors now; the bundle's defaults are applied below
     if not 0.0 <= args.denoise <= 1.0:
         raise ValueError(f"--denoise must be between 0 and 1, got {args.denoise}")
+    _check_sampling(args)
+    _check_source(source, args.start)
+    config = _config_before_loading(args)
+    if config is not None:
+        _check_skip_layers(_guidance(args, EditGuidance()).slg_layers, config.video.num_layers)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
 
     t0 = time.perf_counter()

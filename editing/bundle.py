@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ..media import ClipSpec
-from ..models.configs import ModelConfig, get_preset
+from ..models.configs import PRESETS, ModelConfig, get_preset
 from ..samplers import DEFAULT_SHIFT, DEFAULT_SOLVER, DEFAULT_STEPS, OVI_SLG_LAYER, EditGuidance
 from ..weights.locate import PathLike, check_found, missing_error, resolve_file
 
@@ -248,6 +248,9 @@ def load_bundle(
     given = {"model": model, "video_vae": video_vae, "audio_vae": audio_vae, "vocoder": vocoder,
              "text_encoder": text_encoder, "tokenizer": tokenizer}
     named = _named_loader(preset) if preset else None
+    if preset and named is None and preset not in PRESETS:  # before any file is looked for
+        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)} (bundled models that "
+                         f"need no files: {', '.join(bundle_loaders())})")
     if named is not None:
         bundle = named(device=device, dtype=dtype, **{k: v for k, v in given.items() if v is not None})
         apply_adapters(bundle.model, adapters)
