@@ -399,3 +399,23 @@ def test_each_template_validates_with_the_files_it_lists(comfyui, name):
         # the stand-ins are not real weights: the run stops at a loader with a message naming the file
         errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
         assert errors and "Traceback" not in errors[0]["exception_message"], errors
+
+
+def test_doctor_in_comfyuis_environment_on_a_fresh_machine(tmp_path):
+    """`instructav2av doctor` with ComfyUI's interpreter, pointed at the checkout, nothing downloaded: a useful
+    report (ComfyUI's version, devices, every file missing with its download command) and exit status 0."""
+    root = Path(COMFYUI).expanduser().resolve()
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "instructav2av").symlink_to(ROOT, target_is_directory=True)  # importable by its name
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "pkg"), "HF_HUB_CACHE": str(tmp_path / "hf"),
+           "INSTRUCTAV2AV_MODELS_DIR": str(tmp_path / "models")}
+    code = "import sys; from instructav2av.cli import main; sys.exit(main(sys.argv[1:]))"
+    out = subprocess.run([PYTHON, "-c", code, "doctor", "--comfyui", str(root)], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    version = (root / "comfyui_version.py").read_text()
+    assert f"ComfyUI {version.split('=')[-1].strip().strip(chr(34))} ({root})" in out.stdout
+    for part in ("== devices", "attention: sdpa", "missing  model.safetensors",
+                 "instructav2av download --preset ovi-720-5s", "0 corrupt"):
+        assert part in out.stdout, part
+    assert "Traceback" not in out.stderr
