@@ -605,24 +605,6 @@ def collate_samples(samples: list[SynthSample]) -> dict:
     }
 
 
-def fit_demo_codecs(config: SynthConfig | None = None, num_clips: int = 64, seed: int = 0):
-    """The demo codecs with their normalisation fitted on ``num_clips`` training samples.
-
-    Both source and target clips are used. Deterministic for fixed arguments.
-    """
-    from ..demo.codecs import DemoAudioCodec, DemoVideoCodec
-
-    cfg = config or SynthConfig()
-    samples = [make_sample(i, seed=seed, config=cfg) for i in range(num_clips)]
-    video = DemoVideoCodec().fit(
-        torch.stack([v for s in samples for v in (s.source_video, s.target_video)]).split(16)
-    )
-    audio = DemoAudioCodec(sample_rate=cfg.sample_rate).fit(
-        torch.stack([w for s in samples for w in (s.source_audio, s.target_audio)]).split(16)
-    )
-    return video, audio
-
-
 __all__ = [
     "SynthConfig",
     "SynthSample",
@@ -640,5 +622,4 @@ __all__ = [
     "make_sample",
     "SyntheticAVEditDataset",
     "collate_samples",
-    "fit_demo_codecs",
 ]

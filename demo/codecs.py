@@ -33,7 +33,7 @@ around ``(k + ½)·sr/(2M)`` = 32 Hz per bin.
 
 **Normalisation.** Both codecs store ``mean`` and ``std`` buffers (persistent, so they travel in a
 state dict) and return ``(z - mean) / std``; defaults are the identity. :meth:`fit` estimates them
-from data (the synthetic domain: ``training.synthetic.fit_demo_codecs``). Audio keeps ``mean = 0``:
+from data (the synthetic domain: ``demo.recipe.fit_demo_codecs``). Audio keeps ``mean = 0``:
 MDCT coefficients are zero-mean by symmetry, and a non-zero mean would decode an all-zero latent
 into a steady tone.
 """

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ..data.pairs import LatentItem
-from ..data.synthetic import HELD_OUT_START, SOUNDS, SynthConfig, fit_demo_codecs, make_sample
+from ..data.synthetic import HELD_OUT_START, SOUNDS, SynthConfig, make_sample
 from ..models import siga
 from ..models.configs import ModelConfig, get_preset
 from ..weights.io import CheckpointFile, atomic_write, write_safetensors
@@ -58,6 +58,22 @@ PINNED_GATE_BIAS = 1.0e4
 # --------------------------------------------------------------------------------------------
 # vocabulary, codecs and data
 # --------------------------------------------------------------------------------------------
+
+
+def fit_demo_codecs(config: SynthConfig | None = None, num_clips: int = 64, seed: int = 0):
+    """The demo codecs with their normalisation fitted on ``num_clips`` training samples.
+
+    Both source and target clips are used. Deterministic for fixed arguments.
+    """
+    cfg = config or SynthConfig()
+    samples = [make_sample(i, seed=seed, config=cfg) for i in range(num_clips)]
+    video = DemoVideoCodec().fit(
+        torch.stack([v for s in samples for v in (s.source_video, s.target_video)]).split(16)
+    )
+    audio = DemoAudioCodec(sample_rate=cfg.sample_rate).fit(
+        torch.stack([w for s in samples for w in (s.source_audio, s.target_audio)]).split(16)
+    )
+    return video, audio
 
 
 def demo_vocabulary() -> list[str]:

@@ -293,7 +293,7 @@ def _load_components(found: dict[str, object], *, preset: str | None, device: to
     t0 = time.perf_counter()
     acodec = found["audio_vae"]
     if isinstance(acodec, Path):
-        from ..models.codecs.audio_vae import load_audio_vae
+        from ..weights.audio_vae import load_audio_vae
 
         voc = found.get("vocoder")
         try:
@@ -307,7 +307,7 @@ def _load_components(found: dict[str, object], *, preset: str | None, device: to
             raise _missing_error({"vocoder": f"{found['audio_vae']} holds no vocoder, and none was found"}, preset)
     vcodec = found["video_vae"]
     if isinstance(vcodec, Path):
-        from ..models.codecs.video_vae import load_video_vae
+        from ..weights.video_vae import load_video_vae
 
         vcodec = load_video_vae(vcodec, dtype=vae_dtype, device=device)
     if isinstance(found["model"], Path):
@@ -327,7 +327,7 @@ def _load_components(found: dict[str, object], *, preset: str | None, device: to
     apply_adapters(dit, adapters)
     encoder = found["text_encoder"]
     if isinstance(encoder, Path):
-        from ..models.codecs.text_encoder import load_text_encoder
+        from ..weights.text_encoder import load_text_encoder
 
         encoder = load_text_encoder(encoder, dtype=dtype, device=device,
                                     tokenizer_path=Path(tokenizer).expanduser() if tokenizer is not None else None)

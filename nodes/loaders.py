@@ -202,7 +202,7 @@ class VideoVAELoader:
         return True
 
     def load(self, vae_name, precision, tile_size, tile_overlap, frames_per_chunk, download_missing=False):
-        from ..models.codecs.video_vae import load_video_vae
+        from ..weights.video_vae import load_video_vae
 
         tiling = _tiling(tile_size, tile_overlap, frames_per_chunk)
         path = comfy_env.model_path("vae", vae_name, download=bool(download_missing))
@@ -258,7 +258,7 @@ class AudioVAELoader:
         }
 
     def load(self, vae_name, vocoder_name, precision, download_missing=False):
-        from ..models.codecs.audio_vae import load_audio_vae
+        from ..weights.audio_vae import load_audio_vae
 
         vae_path = _audio_path(vae_name, bool(download_missing))
         voc_path = None if vocoder_name in (None, "", NONE) else _audio_path(vocoder_name, bool(download_missing))
@@ -322,7 +322,7 @@ class TextEncoderLoader:
         return paths.validate(tokenizer_path, "tokenizer_path", bases=paths.model_bases("text_encoders"))
 
     def load(self, text_encoder_name, precision, device, cache_embeddings, tokenizer_path="", download_missing=False):
-        from ..models.codecs.text_encoder import load_text_encoder
+        from ..weights.text_encoder import load_text_encoder
 
         path = comfy_env.model_path("text_encoders", text_encoder_name, download=bool(download_missing))
         tokenizer = None

@@ -29,7 +29,6 @@ from instructav2av.models.codecs.audio_vae import (
     AudioVAE,
     MelVAE,
     MelVAEConfig,
-    load_audio_vae,
     mp_sum,
     normalize_conv_weight,
     pixel_norm,
@@ -42,6 +41,7 @@ from instructav2av.models.codecs.vocoder import (
     fold_weight_norm,
     weight_from_norm,
 )
+from instructav2av.weights.audio_vae import load_audio_vae
 from instructav2av.weights.dit import CheckpointError
 
 TINY_VAE = MelVAEConfig(hidden_dim=16)

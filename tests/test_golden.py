@@ -120,7 +120,7 @@ def test_ovi_bf16_error_is_ovis_own(dit):
 
 @pytest.fixture(scope="module")
 def wan_vae(tmp_path_factory):
-    from instructav2av.models.codecs.video_vae import load_video_vae
+    from instructav2av.weights.video_vae import load_video_vae
 
     tensors, meta = load_case("wan_vae")
     path = tmp_path_factory.mktemp("wan_vae") / "Wan2.2_VAE.pth"
@@ -144,7 +144,7 @@ def test_wan_vae_encode_decode_fp32(wan_vae):
 
 
 def test_wan_vae_bf16_error_is_wans_own(wan_vae):
-    from instructav2av.models.codecs.video_vae import load_video_vae
+    from instructav2av.weights.video_vae import load_video_vae
 
     _, path, gold, meta = wan_vae
     vae16 = load_video_vae(path, dtype=torch.bfloat16)
@@ -162,7 +162,7 @@ def test_wan_vae_bf16_error_is_wans_own(wan_vae):
 
 
 def _t5(path, tok, dtype):
-    from instructav2av.models.codecs.text_encoder import load_text_encoder
+    from instructav2av.weights.text_encoder import load_text_encoder
 
     return load_text_encoder(path, dtype=dtype, tokenizer_path=tok)
 
@@ -205,8 +205,9 @@ def test_wan_t5_encoder(wan_t5, dtype):
 
 @pytest.fixture(scope="module")
 def mmaudio(tmp_path_factory):
-    from instructav2av.models.codecs.audio_vae import MelVAEConfig, load_audio_vae
+    from instructav2av.models.codecs.audio_vae import MelVAEConfig
     from instructav2av.models.codecs.vocoder import BigVGANConfig
+    from instructav2av.weights.audio_vae import load_audio_vae
 
     tensors, meta = load_case("mmaudio")
     d = tmp_path_factory.mktemp("mmaudio")

@@ -324,8 +324,9 @@ def test_load_bundle_from_files(tmp_path, source):
     real loaders, plus an in-memory audio codec."""
     from safetensors.torch import save_file
 
-    from instructav2av.models.codecs.video_vae import TINY_VAE_CONFIG, build_video_vae, diffusers_key_to_wan22
+    from instructav2av.models.codecs.video_vae import TINY_VAE_CONFIG, build_video_vae
     from instructav2av.weights.dit import save_editor
+    from instructav2av.weights.video_vae import diffusers_key_to_wan22
 
     config = dataclasses.replace(tiny_config(), area=64 * 64)
     save_editor(AVEditorDiT(config, editor=True), tmp_path / "editor.safetensors", origin="test")

@@ -93,7 +93,8 @@ def test_dit_loader_names_a_wrongly_shaped_tensor(tmp_path):
 
 
 def test_video_vae_loader_names_a_wrongly_shaped_tensor(tmp_path):
-    from instructav2av.models.codecs.video_vae import build_video_vae, diffusers_key_to_wan22, load_video_vae
+    from instructav2av.models.codecs.video_vae import build_video_vae
+    from instructav2av.weights.video_vae import diffusers_key_to_wan22, load_video_vae
 
     vae = build_video_vae(seed=0)
     state = {diffusers_key_to_wan22(k): v for k, v in vae.vae.state_dict().items()}
@@ -105,7 +106,8 @@ def test_video_vae_loader_names_a_wrongly_shaped_tensor(tmp_path):
 
 
 def test_text_encoder_loader_names_a_wrongly_shaped_tensor(tmp_path):
-    from instructav2av.models.codecs.text_encoder import build_umt5, hf_umt5_key_to_wan, load_text_encoder
+    from instructav2av.models.codecs.text_encoder import build_umt5
+    from instructav2av.weights.text_encoder import hf_umt5_key_to_wan, load_text_encoder
 
     cfg = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=2,
                relative_attention_num_buckets=32, relative_attention_max_distance=128,

@@ -14,9 +14,9 @@ from instructav2av.data.synthetic import (
     SynthConfig,
     SyntheticAVEditDataset,
     collate_samples,
-    fit_demo_codecs,
     make_sample,
 )
+from instructav2av.demo.recipe import fit_demo_codecs
 
 N_PER_TYPE = 6
 

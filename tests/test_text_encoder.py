@@ -18,10 +18,8 @@ import torch
 from reference_code import load_wan_t5_module, wan_skip_reason
 from safetensors.torch import save_file
 
-from instructav2av.models.codecs.text_encoder import (
-    TEXT_LEN,
-    build_umt5,
-    clean_text,
+from instructav2av.models.codecs.text_encoder import TEXT_LEN, build_umt5, clean_text
+from instructav2av.weights.text_encoder import (
     detect_text_encoder_layout,
     hf_umt5_key_to_wan,
     load_text_encoder,

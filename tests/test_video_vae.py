@@ -20,14 +20,16 @@ from instructav2av.models.codecs.video_vae import (
     VAETiling,
     VideoVAE,
     build_video_vae,
+    estimate_vae_memory,
+    tile_spans,
+    wan22_vae_config,
+)
+from instructav2av.weights.video_vae import (
     convert_wan22_vae_state_dict,
     detect_vae_layout,
     diffusers_key_to_wan22,
-    estimate_vae_memory,
     infer_vae_config,
     load_video_vae,
-    tile_spans,
-    wan22_vae_config,
 )
 
 # Keys of the real Wan2.2_VAE.pth / wan2.2_vae.safetensors (module names of Wan's Wan2_2 VAE).
