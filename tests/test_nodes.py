@@ -470,6 +470,13 @@ def test_training_nodes_train_an_adapter_the_loader_applies(tmp_path, monkeypatc
     assert tuned.adapters == (name,)
     changed = [k for k, v in tuned.model.state_dict().items() if not torch.equal(v, model.model.state_dict()[k])]
     assert changed  # the adapter's weights were merged
+    # a 24 GB card: the frozen base stored in fp8; its adapter still fits the full-precision base
+    assert "fp8_e4m3fn" in node("InstructAV2AVTrain").INPUT_TYPES()["optional"]["base_precision"][0]
+    name8, _, loss8, _ = node("InstructAV2AVTrain").train(
+        "base.safetensors", vvae, avae, text, dataset, "joint", "lora", 4, 1e-3, 1, 1, 1, 0, False, 0, "run8", False,
+        base_precision="fp8_e4m3fn")
+    assert math.isfinite(loss8)
+    node("InstructAV2AVModelLoader").load("base.safetensors", "fp32", "auto", "auto", adapter_1=name8)
     with pytest.raises(ValueError, match="problems"):
         (tmp_path / "data" / "pair1" / "instruction.txt").unlink()
         node("InstructAV2AVTrainingData").open(model, str(tmp_path / "data"), "model", 0)
