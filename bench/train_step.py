@@ -20,49 +20,15 @@ import argparse
 import os
 import tempfile
 import time
-import weakref
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from instructav2av.data.pairs import InMemoryLatents, LatentItem
 from instructav2av.models.configs import get_preset
 from instructav2av.models.dit import AVEditorDiT
+from instructav2av.runtime.meter import LiveBytes
 from instructav2av.training.config import TrainConfig
 from instructav2av.training.trainer import Trainer
-
-
-class LiveBytes(TorchDispatchMode):
-    """Peak of the bytes held by tensors created under this mode (one count per storage)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = self.peak = 0
-        self._storages: dict[int, list[int]] = {}
-
-    def _release(self, sid: int) -> None:
-        entry = self._storages.get(sid)
-        if entry is not None:
-            entry[1] -= 1
-            if entry[1] == 0:
-                self.live -= entry[0]
-                del self._storages[sid]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {id(a) for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and id(t) not in inputs and t.device.type != "meta":
-                sid = t.untyped_storage()._cdata
-                entry = self._storages.get(sid)
-                if entry is None:
-                    entry = self._storages[sid] = [t.untyped_storage().nbytes(), 0]
-                    self.live += entry[0]
-                    self.peak = max(self.peak, self.live)
-                entry[1] += 1
-                weakref.finalize(t, self._release, sid)
-        return out
 
 
 def make_data(preset, n: int, seed: int = 0) -> InMemoryLatents:

@@ -20,10 +20,10 @@ from instructav2av.models.codecs.video_vae import (
     VAETiling,
     VideoVAE,
     build_video_vae,
-    estimate_vae_memory,
     tile_spans,
     wan22_vae_config,
 )
+from instructav2av.runtime.memory import estimate_vae_memory
 from instructav2av.weights.video_vae import (
     convert_wan22_vae_state_dict,
     detect_vae_layout,

@@ -156,4 +156,17 @@ def _describe_lora(keys: list[str]) -> str:
     return f"a LoRA/adapter file ({len(keys)} tensors) for {target}"
 
 
-__all__ = ["Layout", "detect_layout"]
+def describe_foreign(tensors: Mapping[str, object], own: tuple[str, ...]) -> str:
+    """``"; it looks like <what>"`` when ``tensors`` (a state dict, or key -> shape) is recognisably some
+    other kind of model than the ``own`` kinds, else ``""``: a courtesy added to a loader's error."""
+    try:
+        shapes = {k: tuple(getattr(v, "shape", v)) for k, v in tensors.items()}
+        layout = detect_layout(shapes)
+        if layout.kind not in ("unknown", *own):
+            return f"; it looks like {layout.description}"
+    except Exception:  # the description is a courtesy, never the error
+        pass
+    return ""
+
+
+__all__ = ["describe_foreign", "Layout", "detect_layout"]

@@ -16,6 +16,7 @@ import torch
 from transformers import UMT5Config, UMT5EncoderModel
 
 from ..models.codecs.text_encoder import UMT5_XXL_CONFIG, TextEncoder, _file_identity, find_tokenizer
+from .kinds import describe_foreign
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def _read_weights(files: list[Path], dtype: torch.dtype, where: Path) -> _Weight
     try:
         layout = detect_text_encoder_layout(list(raw))
     except ValueError as e:
-        raise ValueError(f"{where}: {e}{_describe_foreign(raw)}") from None
+        raise ValueError(f"{where}: {e}{describe_foreign(raw, ('text-encoder',))}") from None
     scales = {k: raw.pop(k) for k in list(raw) if k.endswith((".scale_weight", ".weight_scale"))}
     scaled = bool(scales) or "scaled_fp8" in raw
     tensors: dict[str, torch.Tensor] = {}
@@ -183,18 +184,6 @@ def _read_weights(files: list[Path], dtype: torch.dtype, where: Path) -> _Weight
         raise ValueError(f"{where} does not fit umT5: key {e} is missing") from None
     name = "comfyui-fp8-scaled" if scaled else layout
     return _Weights(tensors, config, name, None if spiece is None else spiece.numpy().tobytes())
-
-
-def _describe_foreign(sd: Mapping[str, torch.Tensor]) -> str:
-    try:
-        from .kinds import detect_layout
-
-        layout = detect_layout({k: tuple(v.shape) for k, v in sd.items()})
-        if layout.kind not in ("unknown", "text-encoder"):
-            return f"; it looks like {layout.description}"
-    except Exception:  # the description is a courtesy, never the error
-        pass
-    return ""
 
 
 def _weight_files(path: Path) -> tuple[list[Path], UMT5Config | None]:

@@ -27,6 +27,7 @@ from ..models.codecs.video_vae import (
     VideoVAE,
     wan22_vae_config,
 )
+from .kinds import describe_foreign
 
 logger = logging.getLogger(__name__)
 
@@ -183,18 +184,6 @@ def _strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _describe_foreign(sd: Mapping[str, torch.Tensor]) -> str:
-    try:
-        from .kinds import detect_layout
-
-        layout = detect_layout({k: tuple(v.shape) for k, v in sd.items()})
-        if layout.kind not in ("unknown", "vae"):
-            return f"; it looks like {layout.description}"
-    except Exception:  # the description is a courtesy, never the error
-        pass
-    return ""
-
-
 def _diffusers_folder(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
     cfg_file = folder / "config.json"
@@ -259,7 +248,7 @@ def load_video_vae(path: str | Path, dtype: torch.dtype = torch.bfloat16, device
         try:
             layout = detect_vae_layout(list(sd))
         except ValueError as e:
-            raise ValueError(f"{path}: {e}{_describe_foreign(sd)}") from None
+            raise ValueError(f"{path}: {e}{describe_foreign(sd, ('vae',))}") from None
         config = None
     if layout == "wan":
         sd = convert_wan22_vae_state_dict(sd)

@@ -10,7 +10,7 @@ lives here is what diffusers lacks for this project:
 - a streaming encode/decode: spatial tiles blended over an overlap and, inside each tile,
   time chunks that carry the causal convolution cache, written straight into a preallocated
   output, so memory is bounded by one tile's working set plus the result;
-- :func:`estimate_vae_memory`, which measures that working set on the ``meta`` device.
+- (in ``runtime/memory.py``: ``estimate_vae_memory``, which measures that working set on the ``meta`` device).
 
 Video is ``[B, 3, T, H, W]`` in [-1, 1] with ``T = 1 + 4k`` and ``H, W`` multiples of 16; latents
 are ``[B, 48, 1 + k, H/16, W/16]``, normalised like Ovi's.
@@ -18,19 +18,15 @@ are ``[B, 48, 1 + k, H/16, W/16]``, normalised like Ovi's.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
-import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, patchify, unpatchify
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 logger = logging.getLogger(__name__)
 
@@ -344,122 +340,7 @@ def build_video_vae(config: dict | None = None, seed: int | None = None, dtype: 
     return VideoVAE(nn.Module.to(vae, device=device, dtype=dtype))
 
 
-# --------------------------------------------------------------------------------------------
-# Memory estimate
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VAEMemoryEstimate:
-    """Bytes for one encode or decode. ``working`` is the peak of live tensors inside one tile
-    (activations + causal cache), measured on the ``meta`` device; backends add their own
-    convolution workspaces on top (see docs/parity-video-vae.md for measured ratios)."""
-
-    weights: int
-    working: int
-    output: int
-
-    @property
-    def total(self) -> int:
-        return self.weights + self.working + self.output
-
-
-class _LiveBytes(TorchDispatchMode):
-    """Tracks the bytes held by tensors created under it, and their peak."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._storages: dict[int, list[int]] = {}  # storage id -> [nbytes, live tensor count]
-
-    def _release(self, sid: int) -> None:
-        entry = self._storages.get(sid)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.live -= entry[0]
-            del self._storages[sid]
-
-    def track(self, t: torch.Tensor) -> None:
-        sid = t.untyped_storage()._cdata
-        entry = self._storages.get(sid)
-        if entry is None:
-            entry = self._storages[sid] = [t.untyped_storage().nbytes(), 0]
-            self.live += entry[0]
-            self.peak = max(self.peak, self.live)
-        entry[1] += 1
-        weakref.finalize(t, self._release, sid)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {id(a) for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and id(t) not in inputs:
-                self.track(t)
-        return out
-
-
-def _meta_vae(vae_or_config: VideoVAE | dict, dtype: torch.dtype) -> VideoVAE:
-    config = dict(vae_or_config.vae.config) if isinstance(vae_or_config, VideoVAE) else dict(vae_or_config)
-    accepted = set(inspect.signature(AutoencoderKLWan.__init__).parameters) - {"self"}
-    with torch.device("meta"):
-        vae = nn.Module.to(AutoencoderKLWan(**{k: v for k, v in config.items() if k in accepted}), dtype)
-    return VideoVAE(vae)
-
-
-def _chunk_passes(vm: VideoVAE, x: torch.Tensor, mode: str, frames_per_chunk: int, steps: int) -> Iterator[None]:
-    # The first chunk plus a few steady-state chunks reach the peak: the cache is full by then.
-    cache: list = [None] * (vm._n_enc_convs if mode == "encode" else vm._n_dec_convs)
-    for i in range(steps):
-        n = 1 if i == 0 else frames_per_chunk * (vm.temporal_factor if mode == "encode" else 1)
-        xi = x[:, :, :n]
-        if mode == "encode":
-            h = vm.vae.quant_conv(vm.vae.encoder(xi, feat_cache=cache, feat_idx=[0]))
-        else:
-            h = vm.vae.decoder(vm.vae.post_quant_conv(xi), feat_cache=cache, feat_idx=[0], first_chunk=i == 0)
-        del h
-        yield
-
-
-def estimate_vae_memory(vae_or_config: VideoVAE | dict, frames: int, height: int, width: int,
-                        tiling: VAETiling | None = None, dtype: torch.dtype = torch.bfloat16,
-                        mode: str = "decode", batch: int = 1) -> VAEMemoryEstimate:
-    """Memory for encoding (``mode="encode"``) or decoding a ``frames x height x width`` clip.
-
-    Runs one tile's first chunks on the ``meta`` device (no real memory, no real compute) and
-    tracks the live tensors; the output (float32, on the output device) and the blend weights
-    are added analytically. Works for the real config without loading any weights.
-    """
-    if mode not in ("encode", "decode"):
-        raise ValueError(f"mode must be 'encode' or 'decode', got {mode!r}")
-    tiling = tiling or NO_TILING
-    vm = _meta_vae(vae_or_config, dtype)
-    c, lf, lh, lw = vm.latent_shape(frames, height, width)
-    s = vm.spatial_factor
-    th = min(lh, tiling.tile_size // s) if tiling.tile_size else lh
-    tw = min(lw, tiling.tile_size // s) if tiling.tile_size else lw
-    p = vm.patch_size
-    if mode == "encode":
-        n_in = tiling.frames_per_chunk * vm.temporal_factor
-        x = torch.empty(batch, 3 * p * p, n_in, th * s // p, tw * s // p, device="meta", dtype=dtype)
-        output = batch * c * lf * lh * lw * 4
-    else:
-        x = torch.empty(batch, c, tiling.frames_per_chunk, th, tw, device="meta", dtype=dtype)
-        output = batch * 3 * frames * height * width * 4
-    tiled = tiling.tile_size is not None and (lh > th or lw > tw)
-    if tiled:  # weight map over the output plane
-        output += (lh * lw if mode == "encode" else height * width) * 4
-    weights = sum(t.numel() * t.element_size() for t in vm.vae.state_dict().values())
-    tracker = _LiveBytes()
-    with torch.no_grad(), tracker:
-        for _ in _chunk_passes(vm, x, mode, tiling.frames_per_chunk, steps=3):
-            pass
-    return VAEMemoryEstimate(weights=weights, working=tracker.peak, output=output)
-
-
 __all__ = [
     "WAN22_LATENTS_MEAN", "WAN22_LATENTS_STD", "TINY_VAE_CONFIG", "wan22_vae_config",
-    "VAETiling", "NO_TILING", "tile_spans", "VideoVAE", "build_video_vae", "VAEMemoryEstimate", "estimate_vae_memory",
+    "VAETiling", "NO_TILING", "tile_spans", "VideoVAE", "build_video_vae",
 ]
