@@ -16,9 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from ..models.ops import DTYPES
+
 logger = logging.getLogger(__name__)
 
-_DTYPES = ("bf16", "fp16", "fp32")
 # EditGuidance field -> the flag that sets it (to turn the sampler's messages into the CLI's words)
 _GUIDANCE_FLAGS = {
     "video_instruction_scale": "--video-cfg",
@@ -79,7 +80,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                    help="fit the source to the model's frame: crop the overflow or pad with black (default crop)")
     c.add_argument("--start", type=float, default=0.0, help="seconds into the source where the edited clip starts")
     c.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    c.add_argument("--dtype", choices=_DTYPES, default="bf16", help="model precision (default bf16, also on CPUs)")
+    c.add_argument("--dtype", choices=tuple(DTYPES), default="bf16", help="model precision (default bf16, also on CPUs)")
     parser.set_defaults(func=run)
 
 
@@ -238,7 +239,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..editing.bundle import load_bundle
     from ..editing.edit import edit
@@ -264,7 +264,7 @@ def _run(args: argparse.Namespace) -> int:
     config = _config_before_loading(args)
     if config is not None:
         _check_skip_layers(_guidance(args, EditGuidance()).slg_layers, config.video.num_layers)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
 
     t0 = time.perf_counter()
     bundle = load_bundle(

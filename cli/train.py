@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..models.ops import DTYPES
 from ..training.config import TrainConfig, config_fields, config_from_dict, load_train_config
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("base", help="Ovi checkpoint or editor file the adapters were trained on")
         parser.add_argument("adapters", nargs="+", help="adapter file(s) (.safetensors), then OUT: the editor file "
                                                         "to write")
-        parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="dtype of the result")
+        parser.add_argument("--dtype", choices=tuple(DTYPES), default="bf16", help="dtype of the result")
         parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
         parser.set_defaults(func=_merge)
         return
@@ -79,7 +80,7 @@ def _merge(args: argparse.Namespace) -> int:
         sys.stderr.write("error: give at least one adapter file and then the output file: BASE ADAPTER... OUT\n")
         return 2
     *adapters, out = args.adapters
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
     try:
         companions = demo_companions(Path(args.base), Path(out))  # checked before the merge writes anything
         path = merge_adapter_file(args.base, adapters, out, dtype=dtype, overwrite=args.overwrite)

@@ -10,12 +10,9 @@ import argparse
 import json
 import sys
 
-import torch
-
 from ..models.configs import PRESETS
+from ..models.ops import DTYPES
 from ..weights.dit import CheckpointInfo, convert_ovi_to_editor, inspect_checkpoint
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +23,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("src", help="Ovi checkpoint (.safetensors, .pt or .pth)")
         parser.add_argument("dst", help="editor file to write (.safetensors; never overwritten without --overwrite)")
         parser.add_argument("--preset", choices=sorted(PRESETS), help="model preset (default: detected from the file)")
-        parser.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16", help="dtype of the saved weights")
+        parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype of the saved weights")
         parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
         parser.set_defaults(func=_convert)
     else:
@@ -40,7 +37,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _convert(args: argparse.Namespace) -> int:
     try:
-        path = convert_ovi_to_editor(args.src, args.dst, preset=args.preset, dtype=_DTYPES[args.dtype],
+        path = convert_ovi_to_editor(args.src, args.dst, preset=args.preset, dtype=DTYPES[args.dtype],
                                      overwrite=args.overwrite)
     except FileExistsError as exc:  # cli.main reports ValueError/RuntimeError/FileNotFoundError only
         sys.stderr.write(f"error: {exc}\n")

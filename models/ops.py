@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The dtype names the CLI, the nodes and the file metadata use (one table for all of them).
+DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
 
 def cast_params(module: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``module.weight`` and ``module.bias`` in ``like``'s dtype and device (no copy when they match).
@@ -100,6 +103,7 @@ def get_ops(ops: str | object | None = None) -> object:
 
 
 __all__ = [
+    "DTYPES",
     "cast_params",
     "CastLinear",
     "CastConv1d",

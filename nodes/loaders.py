@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..models.ops import DTYPES
 from . import comfy_env, paths
 from .handles import (
     AUDIO_VAE,
@@ -28,7 +29,6 @@ logger = logging.getLogger(__name__)
 CATEGORY = "InstructAV2AV"
 NONE = "none"
 AUTO = "auto"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MODEL_PRECISIONS = ("bf16", "fp16", "fp32", "fp8_e4m3fn")
 ATTENTION_BACKENDS = ("auto", "sdpa", "flash_attn", "sage", "xformers")
 TILE_LIMITS = {"tile_size": (0, 4096), "tile_overlap": (0, 1024)}  # pixels: the widgets' min and max
