@@ -23,8 +23,8 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ..media import ClipSpec
-from ..models.configs import PRESETS, ModelConfig, get_preset
-from ..samplers import DEFAULT_SHIFT, DEFAULT_SOLVER, DEFAULT_STEPS, OVI_SLG_LAYER, EditGuidance
+from ..models.configs import PRESETS, ModelConfig, get_preset, preset_use
+from ..samplers import DEFAULT_SHIFT, DEFAULT_SOLVER, DEFAULT_STEPS, EditGuidance
 from ..weights.locate import PathLike, check_found, missing_error, resolve_file
 
 logger = logging.getLogger(__name__)
@@ -89,10 +89,10 @@ class EditDefaults:
 
     @classmethod
     def for_config(cls, config: ModelConfig) -> EditDefaults:
-        # Ovi skips fused block 11 in its negative pass; only meaningful for Ovi's 30-block presets.
-        if config.name.startswith("ovi-") and config.video.num_layers > OVI_SLG_LAYER:
-            return cls(guidance=EditGuidance(slg_layers=(OVI_SLG_LAYER,)))
-        return cls()
+        # e.g. Ovi skips fused block 11 in its negative pass (models/configs.PRESET_USE); only blocks the
+        # model has count
+        slg = tuple(i for i in preset_use(config).slg_layers if i < config.video.num_layers)
+        return cls(guidance=EditGuidance(slg_layers=slg)) if slg else cls()
 
 
 @dataclass

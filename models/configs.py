@@ -160,6 +160,31 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+OVI_SLG_LAYER = 11  # the block Ovi skips in its negative pass: its inference yaml default (generate()'s is 9)
+
+
+@dataclass(frozen=True)
+class PresetUse:
+    """How a preset is used beyond its shapes. Kept out of :class:`ModelConfig`, whose fields are
+    written into every editor and adapter file and compared when files meet."""
+
+    in_menus: bool = False  # offered in the nodes' preset menus (test and benchmark sizes are not)
+    slg_layers: tuple[int, ...] = ()  # default skip-layer guidance: blocks left out of the negative pass
+
+
+PRESET_USE: dict[str, PresetUse] = {
+    "ovi-720-5s": PresetUse(in_menus=True, slg_layers=(OVI_SLG_LAYER,)),
+    "ovi-960-5s": PresetUse(in_menus=True, slg_layers=(OVI_SLG_LAYER,)),
+    "ovi-960-10s": PresetUse(in_menus=True, slg_layers=(OVI_SLG_LAYER,)),
+    "demo": PresetUse(in_menus=True),
+}
+
+
+def preset_use(config: ModelConfig) -> PresetUse:
+    """The :class:`PresetUse` of ``config``'s preset (plain defaults for a config of no known preset)."""
+    return PRESET_USE.get(config.name, PresetUse())
+
+
 def get_preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]
@@ -174,4 +199,5 @@ def with_overrides(config: ModelConfig, **tower_overrides) -> ModelConfig:
     )
 
 
-__all__ = ["TowerConfig", "ModelConfig", "PRESETS", "get_preset", "with_overrides", "OVI_AUDIO_ROPE_SCALE"]
+__all__ = ["TowerConfig", "ModelConfig", "PRESETS", "PresetUse", "PRESET_USE", "preset_use", "get_preset",
+           "with_overrides", "OVI_AUDIO_ROPE_SCALE", "OVI_SLG_LAYER"]

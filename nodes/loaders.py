@@ -36,9 +36,9 @@ TILE_LIMITS = {"tile_size": (0, 4096), "tile_overlap": (0, 1024)}  # pixels: the
 
 def _presets() -> list[str]:
     """Ovi's presets and the demo's; the test and benchmark sizes stay out of the menu."""
-    from ..models.configs import PRESETS
+    from ..models.configs import PRESETS, preset_use
 
-    return [AUTO, *(name for name in PRESETS if name.startswith("ovi-") or name == "demo")]
+    return [AUTO, *(name for name, config in PRESETS.items() if preset_use(config).in_menus)]
 
 
 DOWNLOAD_INPUT = {

@@ -21,8 +21,9 @@ from typing import NamedTuple, Protocol
 
 import torch
 
+from ..models.configs import OVI_SLG_LAYER  # re-exported: samplers' public name for it
+
 MAX_SCALE = 100.0  # ComfyUI's CFG widget range; beyond it results are noise, not edits
-OVI_SLG_LAYER = 11  # Ovi's inference yaml default (its generate() default is 9)
 
 
 class ModelFn(Protocol):

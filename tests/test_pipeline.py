@@ -373,3 +373,17 @@ def test_conformed_clip_is_checked(bundle, source):
         prepare_source(bundle, clip)
     with pytest.raises(TypeError, match="source must be a file path"):
         prepare_source(bundle, 42)
+
+
+def test_sampling_defaults_come_from_the_preset_table():
+    """Ovi's presets skip block 11 in the negative pass (models/configs.PRESET_USE); other sizes do not."""
+    from instructav2av.models.configs import PRESET_USE, PRESETS
+
+    for name in ("ovi-720-5s", "ovi-960-5s", "ovi-960-10s"):
+        assert pipeline.EditDefaults.for_config(PRESETS[name]).guidance.slg_layers == (11,)
+    for name in ("demo", "tiny", "small", "bench-mid"):
+        assert pipeline.EditDefaults.for_config(PRESETS[name]).guidance.slg_layers == ()
+    # a preset's skipped block that the model does not have is dropped, not an error at sampling
+    short = dataclasses.replace(PRESETS["ovi-720-5s"], video=dataclasses.replace(PRESETS["ovi-720-5s"].video, num_layers=8))
+    assert pipeline.EditDefaults.for_config(short).guidance.slg_layers == ()
+    assert {n for n, use in PRESET_USE.items() if use.in_menus} == {"ovi-720-5s", "ovi-960-5s", "ovi-960-10s", "demo"}
