@@ -28,7 +28,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # PyTorch's kernel accumulates in float32 and rounds once (Ovi rounds each step in bf16).
-        return F.rms_norm(x, x.shape[-1:], self.weight.to(x.dtype), self.eps)
+        # cast to the input's device too: weights may live elsewhere until used (offload, partial loading)
+        return F.rms_norm(x, x.shape[-1:], self.weight.to(device=x.device, dtype=x.dtype), self.eps)
 
 
 class LayerNorm(nn.Module):
@@ -48,7 +49,7 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = b = None
         if self.weight is not None:
-            w, b = self.weight.to(x.dtype), self.bias.to(x.dtype)
+            w, b = (p.to(device=x.device, dtype=x.dtype) for p in (self.weight, self.bias))
         return F.layer_norm(x, (self.dim,), w, b, self.eps)
 
 
@@ -61,7 +62,7 @@ class Modulation(nn.Module):
 
     def forward(self, e: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``e`` [B, count, dim] -> ``count`` tensors [B, 1, dim], ready to broadcast over tokens."""
-        return (self.modulation.to(e.dtype) + e).unsqueeze(2).unbind(1)
+        return (self.modulation.to(device=e.device, dtype=e.dtype) + e).unsqueeze(2).unbind(1)
 
 
 class SelfAttention(nn.Module):
@@ -238,7 +239,7 @@ class Head(nn.Module):
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """``x`` [B, N, dim], ``e`` (time embedding) [B, dim]."""
-        shift, scale = (self.modulation.to(e.dtype) + e.unsqueeze(1)).unsqueeze(2).unbind(1)
+        shift, scale = (self.modulation.to(device=e.device, dtype=e.dtype) + e.unsqueeze(1)).unsqueeze(2).unbind(1)
         return self.head(torch.addcmul(shift, self.norm(x), 1 + scale))
 
 

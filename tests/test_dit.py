@@ -481,3 +481,18 @@ def test_apply_rope_is_a_rotation_and_checks_shapes():
     assert apply_rope(x.bfloat16(), rope).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="does not fit"):
         apply_rope(x[:, :10], rope)
+
+
+def test_weights_kept_on_another_device_are_cast_to_the_inputs_device():
+    """Norms and modulations cast to the input's device as well as dtype (like the cast ops' layers),
+    so weights may stay where they are stored until used: partial loading and block swap need it.
+    The "other device" here is ``meta``: inputs there, every weight on the CPU."""
+    config = get_preset("tiny")
+    model = AVEditorDiT(config, editor=True, ops="cast").eval()
+    video, audio = torch.randn(1, 48, 3, 8, 8, device="meta"), torch.randn(1, 12, 20, device="meta")
+    context = torch.randn(1, 5, config.video.text_dim, device="meta")
+    with torch.no_grad():
+        out_video, out_audio = model(video, audio, torch.tensor([500.0], device="meta"), context, context, video, audio)
+    assert out_video.device.type == out_audio.device.type == "meta"
+    assert out_video.shape == video.shape and out_audio.shape == audio.shape
+    assert all(p.device.type == "cpu" for p in model.parameters())
