@@ -38,6 +38,7 @@ from torch import nn
 from ..data.cache import Codecs
 from ..data.pairs import LatentData, LatentItem
 from ..weights.adapters import base_fingerprint, load_adapters
+from ..weights.io import load_torch_tensors
 from . import distributed
 from .batches import BatchPlan, dropout_flags, sample_generator, sample_sigma
 from .checkpointing import (
@@ -370,7 +371,7 @@ class Trainer:
         state = json.loads((path / "state.json").read_text())
         check_identity(path, state, self._identity())
         read_trainable(path, self.params.all(), sharded=self.fsdp)
-        blob = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+        blob = load_torch_tensors(path / "state.pt")
         distributed.load_optimizer_state(self.model, self.optimizer, blob["optimizer"], self.fsdp)
         self.scheduler.load_state_dict(blob["scheduler"])
         self._rng = blob["rng"][self.rank]  # train() runs with it (and leaves the caller's generators alone)

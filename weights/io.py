@@ -52,6 +52,28 @@ class CheckpointError(ValueError):
     """A checkpoint file is unreadable, damaged, or the wrong kind for the slot it was given to."""
 
 
+def load_torch_tensors(path: str | os.PathLike, *, mmap: bool = False) -> object:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code.
+
+    A file that pickles anything else is refused with our message. torch's own message for it
+    suggests ``weights_only=False`` or allow-listing the object, i.e. running code from the file:
+    that advice must never reach a user of this pack, whatever the file is.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "weights_only" not in text and "Unsupported global" not in text:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {text.splitlines()[0][:200]}"
+                                  if text else f"{path} is not a readable PyTorch checkpoint") from None
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        raise CheckpointError(
+            f"{path} stores Python objects besides tensors ({found.group(1) if found else 'an object'}), and "
+            "InstructAV2AV reads only tensors from .pt/.pth files: it never runs code stored in a model file. "
+            "Use the publisher's original checkpoint or a .safetensors file of it"
+        ) from None
+
+
 # --------------------------------------------------------------------------------------------
 # Reading: the header first, then each tensor straight into memory of its own
 # --------------------------------------------------------------------------------------------
@@ -147,12 +169,14 @@ class CheckpointFile:
                                       "interrupted download or copy? fetch it again") from None
         try:
             # mmap only works for the zip format; weights_only refuses arbitrary pickled code
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+            obj = load_torch_tensors(path, mmap=zipped)
+        except CheckpointError:
+            raise
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
             msg = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             hint = " (it looks truncated or damaged: fetch it again)" if re.search(
                 r"central directory|EOF|truncat|corrupt|zip archive", msg, re.I) else ""
-            raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint with weights_only=True{hint}: "
+            raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint{hint}: "
                                   f"{msg}. Expected a plain dict of tensors, optionally nested as ['module'] or "
                                   "['app']['model']") from None
         sd, self.nesting = _unnest(obj)

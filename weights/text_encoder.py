@@ -16,6 +16,7 @@ import torch
 from transformers import UMT5Config, UMT5EncoderModel
 
 from ..models.codecs.text_encoder import UMT5_XXL_CONFIG, TextEncoder, _file_identity, find_tokenizer
+from .io import CheckpointError, load_torch_tensors
 from .kinds import describe_foreign
 
 logger = logging.getLogger(__name__)
@@ -126,8 +127,10 @@ def _iter_file(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
                 for k in f.keys():  # safe_open is not a Mapping
                     yield k, f.get_tensor(k)
             return
-        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # every reader failure gets the same explanation
+        sd = load_torch_tensors(str(path), mmap=True)  # tensors only; its refusal never suggests an unsafe load
+    except CheckpointError:  # its own message says what is wrong
+        raise
+    except Exception as e:  # every other reader failure gets the same explanation
         raise ValueError(f"cannot read {path}: {e} (a truncated download, or not a checkpoint file?)") from e
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]

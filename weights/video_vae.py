@@ -27,6 +27,7 @@ from ..models.codecs.video_vae import (
     VideoVAE,
     wan22_vae_config,
 )
+from .io import CheckpointError, load_torch_tensors
 from .kinds import describe_foreign
 
 logger = logging.getLogger(__name__)
@@ -167,8 +168,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # every reader failure gets the same explanation
+        sd = load_torch_tensors(str(path), mmap=True)  # tensors only; its refusal never suggests an unsafe load
+    except CheckpointError:  # its own message says what is wrong
+        raise
+    except Exception as e:  # every other reader failure gets the same explanation
         raise ValueError(f"cannot read {path}: {e} (a truncated download, or not a checkpoint file?)") from e
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
