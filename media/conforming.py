@@ -170,18 +170,32 @@ def _as_spec(target: ModelConfig | ClipSpec) -> ClipSpec:
     raise TypeError(f"expected a ModelConfig or ClipSpec; got {type(target).__name__}")
 
 
-def _source_indices(clip: Clip, spec: ClipSpec, start: float, short: str) -> tuple[torch.Tensor, int]:
-    """Source frame for each output frame (by mid-interval time), and how many are real."""
-    available = math.floor((clip.duration - start) * float(spec.fps) + 1e-6)
+def _source_indices(clip: Clip, spec: ClipSpec, start: float, short: str, where: str) -> tuple[torch.Tensor, int]:
+    """Source frame for each output frame (by mid-interval time), and how many are real.
+
+    Messages give times in the file's seconds (``clip.start + start``): a clip read from 3.05 s
+    into the file is reported from 3.05 s, not from its own 0.
+    """
+    fps = float(spec.fps)
+    available = math.floor((clip.duration - start) * fps + 1e-6)
+    at = clip.start + start  # where the output starts, in the file's seconds
     if available < 1:
+        frames = f"{clip.num_frames} frame{'s' if clip.num_frames != 1 else ''}"
+        if at <= 0.5 / float(clip.fps):  # nothing was skipped: the video itself is too short
+            raise MediaError(
+                f"{where}: the video is only {clip.duration:.3f} s long ({frames} at {float(clip.fps):g} fps), "
+                f"shorter than one frame of the model's {fps:g} fps ({1 / fps:.3f} s); expected a video of at "
+                f"least {1 / fps:.3f} s (a still image is not a video to edit)"
+            )
+        end = clip.start + clip.duration
         raise MediaError(
-            f"start={start:.3f} s leaves less than one {float(spec.fps):g} fps frame of the "
-            f"{clip.duration:.3f} s clip; expected 0 <= start < {clip.duration:.3f}"
+            f"{where}: start={at:.3f} s leaves {max(end - at, 0.0):.3f} s of the {end:.3f} s video, less than one "
+            f"{fps:g} fps frame ({1 / fps:.3f} s); expected a start before {max(end - 1 / fps, 0.0):.3f} s"
         )
     valid = min(spec.num_frames, available)
     if valid < spec.num_frames:
         message = (
-            f"the clip gives {valid} frames at {float(spec.fps):g} fps from {start:.2f} s "
+            f"{where}: the video gives {valid} frames at {fps:g} fps from {at:.2f} s "
             f"({clip.duration - start:.2f} s) but {spec.num_frames} ({spec.duration:.2f} s) are needed"
         )
         if short == "error":
@@ -405,7 +419,7 @@ def plan_conform(
     if clip.num_frames < 1:
         raise MediaError("the clip has no frames; expected at least one")
     where = str(clip.source) if clip.source is not None else "the source clip"
-    indices, valid_frames = _source_indices(clip, spec, start, short)
+    indices, valid_frames = _source_indices(clip, spec, start, short, where)
     audio, valid_samples = _conform_audio(clip, spec, start, valid_frames, where)
     return ConformPlan(
         clip=clip, indices=indices, size=spec.size_for(clip.height, clip.width), fit=fit, audio=audio, fps=spec.fps,

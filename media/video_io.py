@@ -270,6 +270,7 @@ class _WindowDecoder:
         self.video_done = False
         self.audio_done = False
         self.skipped_before_start = False
+        self.corrupt = 0  # frames the decoder flagged as damaged (shown with concealed errors)
         self._next_audio_t = 0.0
 
     def video(self, frame: av.VideoFrame, t: float | None) -> None:
@@ -285,6 +286,7 @@ class _WindowDecoder:
             self.video_done = True
             self.audio_until = self.times[-1] + 2 * self.period
             return
+        self.corrupt += bool(getattr(frame, "is_corrupt", False))
         rgb = _frame_rgb(frame)
         if not self.times:
             check_frame_size(rgb.shape[1], rgb.shape[0], what=str(self.path))
@@ -382,6 +384,12 @@ def read_clip(
             raise MediaError(f"{path}: the video stream has no decodable frames; expected at least one frame")
         declared = _declared_duration(container, vstream)
         sample_rate = window.sample_rate or (astream.codec_context.sample_rate if astream is not None else 0)
+        whole_file = start == 0 and duration is None and max_frames is None
+        # A window read stops early, so a file damaged after it would pass unnoticed: look at where
+        # its data really ends (demuxing only, from the last keyframe before the end: cheap).
+        data_end = None
+        if not whole_file and declared is not None and declared - window.times[-1] > TRUNCATION_SLACK_S:
+            data_end = _data_end(container, vstream, origin, declared)
 
     times = np.asarray(window.times, dtype=np.float64)
     fps, timestamps = _regularity(times - times[0], fps, path)
@@ -389,18 +397,41 @@ def read_clip(
         frames=window.buffer.to_tensor(), fps=fps, audio=torch.zeros(1, 0), sample_rate=0,
         has_audio=False, source=path, start=float(times[0]), timestamps=timestamps,
     )
-    whole_file = start == 0 and duration is None and max_frames is None
-    if whole_file and declared is not None and clip.duration < declared - max(TRUNCATION_SLACK_S, 0.05 * declared):
+    slack = max(TRUNCATION_SLACK_S, 0.05 * declared) if declared is not None else 0.0
+    if whole_file and declared is not None and clip.duration < declared - slack:
         logger.warning(
             "%s: decoded %.2f s of video but the file declares %.2f s; it is probably truncated", path,
             clip.duration, declared,
         )
+    if data_end is not None and data_end < declared - slack:
+        logger.warning(
+            "%s: the file declares %.2f s of video but its data ends at %.2f s; it is probably truncated or "
+            "damaged (the %.2f-%.2f s read here decoded, but re-export or re-download the file)", path, declared,
+            data_end, clip.start, clip.start + clip.duration,
+        )
+    if window.corrupt:
+        logger.warning("%s: %d of the %d frames read decoded with errors (damaged data, concealed by the decoder); "
+                       "re-export or re-download the file", path, window.corrupt, clip.num_frames)
     if astream is None:
         logger.info("%s has no audio stream", path)
     else:
         clip.audio = _assemble_audio(window.chunks, clip.start, clip.duration, sample_rate, window.period, path)
         clip.sample_rate, clip.has_audio = sample_rate, True
     return clip
+
+
+def _data_end(container, vstream, origin: float, declared: float) -> float:
+    """Seconds (from the first frame) where the video stream's packets really end: demuxed, not
+    decoded, from the keyframe before ``declared - 1 s``. A truncated file ends early."""
+    end = 0.0
+    try:
+        container.seek(int((Fraction(max(declared - 1.0, 0.0)) + Fraction(origin)) / vstream.time_base), stream=vstream)
+        for packet in container.demux(vstream):
+            if packet.pts is not None and packet.size:
+                end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin)
+    except av.FFmpegError as e:  # an unreadable end is itself the finding
+        logger.debug("probing the end of the video stream failed: %s", e)
+    return end
 
 
 def _declared_duration(container, vstream) -> float | None:
