@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from instructav2av.cli import main
+from instructav2av.weights.io import CheckpointError, CheckpointFile, load_torch_tensors
 from instructav2av.weights.text_encoder import load_text_encoder
 from instructav2av.weights.video_vae import load_video_vae
-from instructav2av.weights.io import CheckpointError, CheckpointFile, load_torch_tensors
 
 UNSAFE_ADVICE = ("weights_only", "safe_globals", "trust", "can still be loaded")
 
