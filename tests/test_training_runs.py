@@ -108,3 +108,29 @@ def test_a_resumed_lora_dropout_run_matches_an_uninterrupted_one(tmp_path):
     a, b = trainable_state(whole), trainable_state(resumed)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_pruning_never_deletes_a_checkpoint_of_another_configuration(tmp_path):
+    """Even when another run's checkpoint sits in the folder (copied there by hand, say)."""
+    import shutil
+
+    other = tmp_path / "other"
+    Trainer(tiny_editor(), config(other, steps=5, learning_rate=1e-3, checkpoint_every=5),
+            InMemoryLatents(tiny_items(2)), empty_context=EMPTY).train()
+    mine = tmp_path / "mine"
+    Trainer(tiny_editor(), config(mine, steps=1, checkpoint_every=1, keep_checkpoints=1),
+            InMemoryLatents(tiny_items(2)), empty_context=EMPTY).train()
+    shutil.copytree(other / "checkpoints" / "step-0000005", mine / "checkpoints" / "step-0000005")
+    # on main, pruning kept the higher step 5 and deleted this run's step 3, leaving 'latest' dangling
+    Trainer(tiny_editor(), config(mine, steps=3, checkpoint_every=1, keep_checkpoints=1, resume="latest"),
+            InMemoryLatents(tiny_items(2)), empty_context=EMPTY).train()
+    left = sorted(p.name for p in (mine / "checkpoints").iterdir())
+    assert left == ["latest", "step-0000003", "step-0000005"]  # its own newest, and the other run's untouched
+    assert (mine / "checkpoints" / "latest").read_text() == "step-0000003"
+
+
+def test_another_runs_validation_edits_mark_the_folder_as_used(tmp_path):
+    (tmp_path / "validation").mkdir()
+    (tmp_path / "validation" / "step-0000010_a.mp4").write_bytes(b"an edit of another run")
+    with pytest.raises(FileExistsError, match="validation/step-0000010_a.mp4"):
+        Trainer(tiny_editor(), config(tmp_path, steps=1), InMemoryLatents(tiny_items(2)), empty_context=EMPTY)

@@ -81,6 +81,7 @@ def run_files(output_dir: str | os.PathLike) -> list[Path]:
     """What a run leaves in its output folder (log, checkpoints, products); empty for a fresh folder."""
     out = Path(output_dir)
     found = [p for p in (out / "loss.csv", out / "loss.png", out / "checkpoints" / "latest") if p.exists()]
+    found += sorted((out / "validation").glob("*.mp4")) if (out / "validation").is_dir() else []
     found += sorted((out / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")) if (out / "checkpoints").is_dir() else []
     found += sorted(p for pattern in ("adapter_*.safetensors", "editor_*.safetensors") for p in out.glob(pattern))
     return found
@@ -146,11 +147,21 @@ class Checkpoints:
                                f"The previous checkpoint {'is intact: ' + str(prev) if prev else 'does not exist'}"
                                ) from exc
         atomic_write(self.folder / "latest", lambda f: f.write(final.name.encode()), overwrite=True)
-        self.prune()
+        self.prune(state.get("run_hash"))
         return final
 
-    def prune(self) -> None:
-        for p in self._done()[: -self.keep]:
+    def prune(self, run_hash: str | None = None) -> None:
+        """Keep the newest ``keep`` checkpoints; with ``run_hash``, only that run's are candidates
+        (a checkpoint folder of another configuration is never deleted)."""
+        def ours(p: Path) -> bool:
+            if run_hash is None:
+                return True
+            try:
+                return json.loads((p / "state.json").read_text()).get("run_hash") == run_hash
+            except (OSError, ValueError):
+                return False
+
+        for p in [p for p in self._done() if ours(p)][: -self.keep]:
             shutil.rmtree(p, ignore_errors=True)
 
     def latest(self) -> Path | None:
