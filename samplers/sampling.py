@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from .guidance import EditDenoiser, EditGuidance, ModelFn
+from .masks import PreserveMask
 from .schedules import DEFAULT_SHIFT, DEFAULT_STEPS, edit_schedule
 from .solvers import DEFAULT_SOLVER, SOLVERS, make_solver
 
@@ -93,7 +94,9 @@ def _check_inputs(model: ModelFn, guidance: EditGuidance, latents: dict, context
             )
     config = getattr(model, "config", None)
     if getattr(model, "editor", True) is False:
-        raise ValueError("the model is in base (plain Ovi) mode; editing needs an editor model (editor=True)")
+        raise ValueError("the model is in base mode (plain Ovi, editor=False); the editor's sampler needs an editor "
+                         "model (editor mode, editor=True). Edit with a base model through FlowEdit "
+                         "(samplers.flowedit, the FlowEdit Sampler node, `edit --mode flowedit`)")
     towers = {m: getattr(config, m, None) for m in ("video", "audio")}
     for m in present:
         tower = towers[m]
@@ -130,6 +133,7 @@ def sample(
     callback: StepCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
     dtype: torch.dtype | None = None,
+    preserve: PreserveMask | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Edit source latents as the instruction says; returns the edited ``(video, audio)`` latents.
 
@@ -149,6 +153,8 @@ def sample(
     the current clean-latent estimates; ``should_cancel()`` is asked before every step and
     :class:`SamplingCancelled` is raised when it says True (raising it from the callback works too).
     ``dtype``: what the model is handed (None = float32 as is); the solver state stays float32.
+    ``preserve``: a :class:`~.masks.PreserveMask`; outside it each step's result is replaced by the
+    source noised to the step's σ (the source itself at the end).
     Results are float32 on the sources' device.
     """
     guidance = EditGuidance() if guidance is None else guidance
@@ -164,6 +170,10 @@ def sample(
     schedule = edit_schedule(steps, shift, denoise)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
+    if preserve is not None:
+        for m, t in latents.items():
+            if t is not None:
+                preserve.check(m, t)
 
     sources = {m: (t.to(torch.float32, copy=True) if t is not None else None) for m, t in latents.items()}
     if schedule.num_steps == 0:
@@ -203,6 +213,8 @@ def sample(
         v = dict(zip(("video", "audio"), denoiser(x["video"], x["audio"], t)))
         for m, s in solvers.items():
             x[m] = s.step(x[m], v[m])
+            if preserve is not None:  # outside the mask: the source on the same noise path
+                x[m] = preserve.blend(m, x[m], torch.lerp(sources[m], noise[m].to(x[m].device), schedule.sigmas[i + 1]))
         if callback is not None:
             callback(i + 1, total, *(solvers[m].x0 if m in solvers else None for m in ("video", "audio")))
     return x["video"], x["audio"]

@@ -450,7 +450,7 @@ def test_checks_against_the_model_config():
         sample(model, **inp, steps=2, guidance=EditGuidance(slg_layers=(2,)))
     sample(model, **inp, steps=2, guidance=EditGuidance(slg_layers=(1,)))
     model.editor = False
-    with pytest.raises(ValueError, match="base \\(plain Ovi\\) mode"):
+    with pytest.raises(ValueError, match="base mode \\(plain Ovi, editor=False\\).*FlowEdit"):
         sample(model, **inp, steps=2)
 
 
