@@ -293,6 +293,7 @@ def _train_stages(recipe: DemoRecipe, config: ModelConfig, work: Path, data: Syn
         else:
             model, _ = load_model(previous, dtype=torch.float32, editor=True)
         apply_variant(model, recipe.variant)
+        model.set_attention_backend(recipe.attention)  # the recipe's choice, for this model only
         tc = recipe.train_config(stage, steps, folder, index)
         resume = (folder / "checkpoints" / "latest").is_file()
         if resume:
@@ -325,7 +326,6 @@ def train_demo(
     the ``demo`` preset (tests use a tiny one). Existing bundle files are never replaced unless
     ``overwrite``.
     """
-    from ..models.attention import get_attention_backend, set_attention_backend
     from ..weights.dit import load_model, save_editor
 
     out = Path(out)
@@ -338,12 +338,7 @@ def train_demo(
     video_codec, audio_codec = fit_demo_codecs(SynthConfig(), num_clips=recipe.codec_clips, seed=recipe.seed)
     text = DemoTextEncoder(demo_vocabulary(), config.video.text_len, config.video.text_dim)
     data = SyntheticLatents(recipe.train_pairs, seed=recipe.seed, video=video_codec, audio=audio_codec, text=text)
-    attention_before = get_attention_backend()
-    set_attention_backend(recipe.attention)
-    try:
-        previous, seconds, losses = _train_stages(recipe, config, work, data, text.encode([""])[0], log)
-    finally:
-        set_attention_backend(attention_before)
+    previous, seconds, losses = _train_stages(recipe, config, work, data, text.encode([""])[0], log)
 
     model, _ = load_model(previous, dtype=torch.bfloat16, editor=True)
     record = {

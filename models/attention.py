@@ -1,7 +1,8 @@
 """One attention function for every backend, in Wan's layout ``[B, L, heads, head_dim]``.
 
 ``attention(q, k, v, k_lens=None, backend=None)`` is the only entry point the model uses.
-The backend is chosen per call from, in order: the ``backend`` argument, the process-wide
+The backend is chosen per call from, in order: the ``backend`` argument (the calling module's
+``attention_backend``, which ``AVEditorDiT.set_attention_backend`` sets per model), the process-wide
 override :func:`set_attention_backend`, the environment variable ``INSTRUCTAV2AV_ATTENTION``,
 and finally the automatic choice (``flash_attn`` on CUDA half-precision tensors when it is
 installed, else PyTorch SDPA). A requested backend that cannot run these tensors (not
@@ -51,6 +52,11 @@ def _check_name(name: str) -> str:
     if name not in BACKENDS and name != "auto":
         raise ValueError(f"unknown attention backend {name!r}; expected one of auto, {', '.join(BACKENDS)}")
     return name
+
+
+def backend_name(name: str) -> str:
+    """The canonical name of backend ``name`` (aliases such as ``flash`` accepted; ``auto`` kept)."""
+    return _check_name(name)
 
 
 def set_attention_backend(name: str | None) -> None:
@@ -283,6 +289,7 @@ def attention(
 
 __all__ = [
     "attention",
+    "backend_name",
     "set_attention_backend",
     "get_attention_backend",
     "available_backends",

@@ -69,6 +69,9 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, eps: float, ops):
         super().__init__()
         self.num_heads = num_heads
+        # This module's attention backend (models/attention.py); None: the process-wide choice.
+        # Set per model with AVEditorDiT.set_attention_backend.
+        self.attention_backend: str | None = None
         self.q = ops.Linear(dim, dim)
         self.k = ops.Linear(dim, dim)
         self.v = ops.Linear(dim, dim)
@@ -82,7 +85,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         q = apply_rope(self.heads(self.norm_q(self.q(x))), rope)
         k = apply_rope(self.heads(self.norm_k(self.k(x))), rope)
-        return self.o(attention(q, k, self.heads(self.v(x))).flatten(2))
+        return self.o(attention(q, k, self.heads(self.v(x)), backend=self.attention_backend).flatten(2))
 
 
 class CrossAttention(SelfAttention):
@@ -132,14 +135,14 @@ class CrossAttention(SelfAttention):
         """
         q = self.heads(self.norm_q(self.q(x)))
         k, v = self.heads(self.norm_k(self.k(context))), self.heads(self.v(context))
-        out = attention(q, k, v, k_counts=context_counts)  # f̂_c
+        out = attention(q, k, v, k_counts=context_counts, backend=self.attention_backend)  # f̂_c
         q_rope = None
         gate = None
         if source is not None:
             q_rope = apply_rope(q, rope)
             src = self.norm_source(source)
             k_src = apply_rope(self.heads(self.norm_k_source(self.k_source(src))), rope)
-            from_source = attention(q_rope, k_src, self.heads(self.v_source(src)))  # f̂_x
+            from_source = attention(q_rope, k_src, self.heads(self.v_source(src)), backend=self.attention_backend)  # f̂_x
             logits = self.gate(torch.cat([from_source.flatten(2), out.flatten(2), x], dim=-1)).float()
             # (1-G) f̂_x + G f̂_c written as f̂_c + (1-G)(f̂_x - f̂_c), with 1-G = sigmoid(-logit) in
             # float32: near G = 1 this keeps (1-G) exact instead of rounding G to bf16 first.
@@ -152,7 +155,7 @@ class CrossAttention(SelfAttention):
                 q_rope = apply_rope(q, rope)
             tgt = self.pre_attn_norm_fusion(other)
             k_other = apply_rope(self.heads(self.norm_k_fusion(self.k_fusion(tgt))), other_rope)
-            out = out + attention(q_rope, k_other, self.heads(self.v_fusion(tgt)))  # f̂_m
+            out = out + attention(q_rope, k_other, self.heads(self.v_fusion(tgt)), backend=self.attention_backend)  # f̂_m
         return self.o(out.flatten(2)), gate
 
 

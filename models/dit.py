@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import siga
+from .attention import backend_name
 from .blocks import AudioPatchEmbedding, Block, Head, sinusoidal_embedding
 from .configs import ModelConfig, TowerConfig
 from .ops import cast_params, get_ops
@@ -207,6 +208,14 @@ class AVEditorDiT(nn.Module):
             block.cross_attn.v_fusion.weight.div_(10.0)
         if self.editor:
             self.init_editor_weights()
+
+    def set_attention_backend(self, name: str | None) -> None:
+        """Carry attention backend ``name`` in every attention module of this model (``None`` or
+        ``"auto"``: the process-wide choice, models/attention.py). Other models are not affected."""
+        backend = None if name is None or backend_name(name) == "auto" else backend_name(name)
+        for module in self.modules():
+            if hasattr(module, "attention_backend"):
+                module.attention_backend = backend
 
     @torch.no_grad()
     def init_editor_weights(self) -> None:

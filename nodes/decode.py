@@ -9,7 +9,7 @@ import torch
 from . import comfy_env
 from .encode import make_bundle
 from .handles import AUDIO_VAE, LATENTS, VIDEO_VAE, AudioVAEHandle, EditedLatents, VideoVAEHandle
-from .sample import attention_backend
+from .sample import use_attention
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,8 @@ class GateMap:
         temporal = source.video_vae.codec.temporal_factor
         audio_codec = source.audio_vae.codec
         video_maps, audio_curves = [], []
-        with comfy_env.on_compute_device(model.model), attention_backend(model.attention):
+        use_attention(model)
+        with comfy_env.on_compute_device(model.model):
             for k, window in enumerate(source.windows):
                 comfy_env.raise_if_interrupted()
                 frames, curve = window_gates(model.model, latents.video[k], latents.audio[k], window, text,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 
 from . import comfy_env
 from .encode import make_bundle
@@ -49,17 +48,12 @@ def parse_slg(text: str, model: ModelHandle) -> tuple[int, ...]:
     return layers
 
 
-@contextmanager
-def attention_backend(name: str):
-    """Use the model loader's attention choice for this run, then restore the process-wide setting."""
-    from ..models.attention import get_attention_backend, set_attention_backend
-
-    previous = get_attention_backend()
-    set_attention_backend(name)
-    try:
-        yield
-    finally:
-        set_attention_backend(None if previous == "auto" else previous)
+def use_attention(model: ModelHandle) -> None:
+    """Give the model the loader's attention choice; it is carried by the model's attention modules
+    (nothing process-wide changes, so other models in the graph keep theirs)."""
+    set_backend = getattr(model.model, "set_attention_backend", None)
+    if set_backend is not None:
+        set_backend(model.attention)
 
 
 def _scale(default: float, what: str) -> tuple:
@@ -145,8 +139,8 @@ class Sampler:
         total = max(1, per_window * len(source.windows))
         out = comfy_env.intermediate_device()
         videos, audios = [], []
-        with comfy_env.Progress(total, "sampling") as bar, comfy_env.on_compute_device(model.model), \
-                attention_backend(model.attention):
+        use_attention(model)
+        with comfy_env.Progress(total, "sampling") as bar, comfy_env.on_compute_device(model.model):
             for k, window in enumerate(source.windows):
                 def callback(step, n, x0_video, x0_audio, k=k):
                     image = previewer(x0_video) if previewer is not None and x0_video is not None else None

@@ -148,3 +148,33 @@ def test_bad_names_and_shapes_are_explained(monkeypatch):
     with pytest.raises(ValueError, match="k_counts"):
         attention(q, k, v, k_counts=torch.ones(3, dtype=torch.long))
     assert set(BACKENDS) >= {"sdpa", "reference", "xformers", "flash_attn", "sage"}
+
+
+def test_the_backend_is_carried_by_the_model_not_the_process(monkeypatch):
+    """AVEditorDiT.set_attention_backend sets its own attention modules; another model and the
+    process-wide choice stay as they were."""
+    from instructav2av.models.configs import get_preset
+    from instructav2av.models.dit import AVEditorDiT
+
+    calls = []
+    real = attn_mod._IMPLS["reference"]
+    monkeypatch.setitem(attn_mod._IMPLS, "reference", lambda *a: calls.append(1) or real(*a))
+    config = get_preset("tiny")
+    torch.manual_seed(0)
+    chosen, other = AVEditorDiT(config).eval(), AVEditorDiT(config).eval()
+    other.load_state_dict(chosen.state_dict())
+    chosen.set_attention_backend("reference")
+    assert get_attention_backend() == "auto"
+    video, audio = torch.randn(1, 48, 3, 8, 8), torch.randn(1, 12, 20)
+    context = torch.randn(1, 5, config.video.text_dim)
+    with torch.no_grad():
+        expected = other(video, audio, torch.tensor([500.0]), context, context)
+        assert calls == []  # the other model ran the automatic choice
+        got = chosen(video, audio, torch.tensor([500.0]), context, context)
+    assert len(calls) >= 3 * 2 * config.video.num_layers  # at least self, text and fusion attention per block and tower
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    chosen.set_attention_backend("auto")
+    assert all(m.attention_backend is None for m in chosen.modules() if hasattr(m, "attention_backend"))
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        chosen.set_attention_backend("fastest")
