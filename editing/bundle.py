@@ -28,6 +28,7 @@ from ..samplers import DEFAULT_SHIFT, DEFAULT_SOLVER, DEFAULT_STEPS, EditGuidanc
 from ..weights.locate import PathLike, check_found, missing_error, resolve_file
 
 logger = logging.getLogger(__name__)
+BUNDLE_MODES = ("editor", "base")
 
 # --------------------------------------------------------------------------------------------
 # What the pipeline needs of a codec and of an instruction encoder
@@ -108,8 +109,12 @@ class EditorBundle:
     dtype: torch.dtype = torch.bfloat16
     defaults: EditDefaults | None = None
     name: str = ""
+    # "editor": an InstructAV2AV editor (the editor's sampler); "base": plain Ovi (FlowEdit, training-free)
+    mode: str = "editor"
 
     def __post_init__(self) -> None:
+        if self.mode not in BUNDLE_MODES:
+            raise ValueError(f"mode must be one of {', '.join(BUNDLE_MODES)}, got {self.mode!r}")
         self.device = torch.device(self.device)
         self.defaults = self.defaults or EditDefaults.for_config(self.config)
         self.name = self.name or self.config.name
@@ -119,9 +124,15 @@ class EditorBundle:
             if lacking:
                 raise TypeError(f"the {what} ({type(obj).__name__}) lacks what pipeline.{proto.__name__} needs: "
                                 + ", ".join(lacking))
-        if getattr(self.model, "editor", True) is False:
-            raise ValueError("the model is plain Ovi (base mode); editing needs an editor: load it with editor=True "
-                             "(`instructav2av convert`) and apply a trained adapter")
+        is_editor = getattr(self.model, "editor", True) is not False
+        if self.mode == "editor" and not is_editor:
+            raise ValueError("the model is plain Ovi (base mode); the editor's sampler needs an editor: load it with "
+                             "editor=True (`instructav2av convert`) and apply a trained adapter, or edit without "
+                             "training through FlowEdit (a bundle in mode 'base', `edit --mode flowedit`)")
+        if self.mode == "base" and is_editor:
+            raise ValueError("FlowEdit needs the base model (base mode, plain Ovi: editor=False), but this model is "
+                             "an InstructAV2AV editor (editor mode); load Ovi's model.safetensors in base mode, or use "
+                             "the editor's sampler")
         v, a = self.config.video, self.config.audio
         problems = []
         if video_latent_channels(self.video_codec) != v.in_dim:
@@ -229,6 +240,7 @@ def load_bundle(
     vae_dtype: torch.dtype | None = None,
     adapters: Sequence[PathLike | tuple[PathLike, float]] = (),
     models_dir: PathLike | None = None,
+    mode: str = "editor",
 ) -> EditorBundle:
     """Load an :class:`EditorBundle` from model files (or take already loaded components).
 
@@ -239,7 +251,16 @@ def load_bundle(
     reported at once, before anything is loaded, with the flag that sets it and how to get it.
     ``dtype`` is the editor's dtype, ``vae_dtype`` the codecs' (default: ``dtype``); the text encoder
     runs in ``dtype``. ``adapters``: adapter files (or ``(file, strength)``) merged into the editor.
+    ``mode="base"`` loads the model as plain Ovi for FlowEdit (an editor file is refused; a named bundle
+    resolves to its ``NAME-base`` loader, e.g. ``demo-base``).
     """
+    if mode not in BUNDLE_MODES:
+        raise ValueError(f"mode must be one of {', '.join(BUNDLE_MODES)}, got {mode!r}")
+    if mode == "base" and preset and preset not in PRESETS:
+        if preset + "-base" not in bundle_loaders():
+            raise ValueError(f"the {preset!r} bundle has no base (plain) model for FlowEdit; bundles with one: "
+                             + (", ".join(n[:-5] for n in bundle_loaders() if n.endswith("-base")) or "none"))
+        preset = preset + "-base"
     device = torch.device(device) if device is not None else _default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} asked for, but this torch sees no CUDA GPU (torch {torch.__version__}, "
@@ -259,7 +280,7 @@ def load_bundle(
     found = _resolve_files(given, models_dir, preset)
     _adapter_specs(adapters)  # a missing adapter fails now, not after minutes of loading
     return _load_components(found, preset=preset, device=device, dtype=dtype, vae_dtype=vae_dtype,
-                            tokenizer=tokenizer, adapters=adapters)
+                            tokenizer=tokenizer, adapters=adapters, mode=mode)
 
 
 def _resolve_files(given: dict[str, object], models_dir: PathLike | None, preset: str | None) -> dict[str, object]:
@@ -287,7 +308,7 @@ def _resolve_files(given: dict[str, object], models_dir: PathLike | None, preset
 
 def _load_components(found: dict[str, object], *, preset: str | None, device: torch.device, dtype: torch.dtype,
                      vae_dtype: torch.dtype, tokenizer: PathLike | None,
-                     adapters: Sequence[PathLike | tuple[PathLike, float]]) -> EditorBundle:
+                     adapters: Sequence[PathLike | tuple[PathLike, float]], mode: str = "editor") -> EditorBundle:
     """Load what :func:`_resolve_files` found (paths) and take what was given (objects)."""
     # Small codecs first: a wrong audio or VAE file fails in seconds, not after the editor's minutes.
     t0 = time.perf_counter()
@@ -313,8 +334,8 @@ def _load_components(found: dict[str, object], *, preset: str | None, device: to
     if isinstance(found["model"], Path):
         from ..weights.dit import load_model
 
-        dit, info = load_model(found["model"], preset=preset, editor=True, dtype=dtype, device=device)
-        if not info.editor and not adapters:
+        dit, info = load_model(found["model"], preset=preset, editor=mode == "editor", dtype=dtype, device=device)
+        if mode == "editor" and not info.editor and not adapters:
             logger.warning("%s holds Ovi's base weights: the editor's new layers are untrained (initialised so "
                            "that it behaves like Ovi), so it generates rather than edits; add a trained --adapter",
                            info.path.name)
@@ -332,7 +353,7 @@ def _load_components(found: dict[str, object], *, preset: str | None, device: to
         encoder = load_text_encoder(encoder, dtype=dtype, device=device,
                                     tokenizer_path=Path(tokenizer).expanduser() if tokenizer is not None else None)
     logger.info("loaded bundle %s in %.1f s", config.name, time.perf_counter() - t0)
-    return EditorBundle(dit, vcodec, acodec, encoder, config, device=device, dtype=dtype)
+    return EditorBundle(dit, vcodec, acodec, encoder, config, device=device, dtype=dtype, mode=mode)
 
 
 def _missing_error(missing: dict[str, str], preset: str | None) -> FileNotFoundError:

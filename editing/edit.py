@@ -9,7 +9,7 @@ cancelled edit leaves no file behind, and an existing file is never replaced unl
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,6 +23,7 @@ from ..media.video_write import _check_output_path
 from ..runtime.meter import StageMeter
 from ..samplers import SOLVERS, EditGuidance, SamplingCancelled, edit_schedule, sample
 from .bundle import EditorBundle, PathLike
+from .masking import check_mask_input, clip_preserve_mask
 from .stages import (
     Source,
     check_instruction,
@@ -110,6 +111,9 @@ def edit(
     batch_guidance: bool = True,
     progress: ProgressFn | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    mask: torch.Tensor | None = None,
+    audio_ranges: Sequence[tuple[float, float]] | None = None,
+    feather: int = 1,
 ) -> EditResult:
     """Edit ``source`` (a file, a :class:`~.media.Clip` or a :class:`~.media.ConformedClip`) as ``instruction`` says.
 
@@ -119,7 +123,9 @@ def edit(
     write (checked before any heavy work; an existing file is kept and a fresh name used unless
     ``overwrite``). ``progress(stage, done, total)`` reports each stage and every sampling step;
     ``should_cancel()`` is asked between stages and before every step, and a True answer raises
-    :class:`EditCancelled` without writing anything.
+    :class:`EditCancelled` without writing anything. ``mask`` (``[H, W]``/``[T, H, W]``, 1 = may
+    change) and ``audio_ranges`` (seconds in the edited clip) fence the edit: outside them the source is
+    kept (:mod:`.masking`; ``feather`` latent cells of soft edge inside the mask).
     """
     d = bundle.defaults
     instruction = check_instruction(instruction)
@@ -133,6 +139,7 @@ def edit(
         raise ValueError(f"skip-layer guidance block(s) {guidance.slg_layers} do not exist: the model has "
                          f"{bundle.config.video.num_layers} blocks (0..{bundle.config.video.num_layers - 1})")
     _check_choice("solver", solver, tuple(SOLVERS))
+    check_mask_input(mask, audio_ranges)
     _check_choice("fit", fit, ("crop", "pad"))
     schedule = edit_schedule(steps, shift, denoise)  # validates steps, shift and denoise now, not after encoding
     out_path = None
@@ -162,6 +169,8 @@ def edit(
         text = encode_instructions(bundle, instruction, video_negative, audio_negative)
     with stage("encode"):
         src_video, src_audio = encode_source(bundle, clip)
+        preserve = clip_preserve_mask(bundle, clip, src_video, src_audio, mask=mask, audio_ranges=audio_ranges,
+                                      feather=feather)
     with stage("sample", schedule.num_steps):
         try:
             video, audio = sample(
@@ -169,7 +178,7 @@ def edit(
                 audio_context=text.context, video_negative=text.video_negative, audio_negative=text.audio_negative,
                 steps=steps, shift=shift, solver=solver, seed=seed, guidance=guidance, denoise=denoise,
                 batch_guidance=batch_guidance, callback=lambda i, n, *_: progress("sample", i, n),
-                should_cancel=should_cancel,
+                should_cancel=should_cancel, preserve=preserve,
             )
         except SamplingCancelled as exc:
             if isinstance(exc, EditCancelled):
