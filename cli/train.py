@@ -242,7 +242,13 @@ def _load_bundle(config: TrainConfig, model_config: ModelConfig, device: torch.d
     if config.preset in bundle_loaders():
         return load_bundle(preset=config.preset, model=config.base or None, device=device, dtype=torch.bfloat16)
     model: object = Path(config.base).expanduser()
-    if config.base_precision == "fp8":  # frozen weights stored in fp8 and cast per layer call
+    from ..training.footprint import accelerator_bytes, choose_base_precision
+
+    precision = choose_base_precision(model_config, config, accelerator_bytes() if device.type == "cuda" else None)
+    if config.base_precision == "auto":
+        logger.info("base_precision auto: %s (the memory estimate %s this GPU in bf16)", precision,
+                    "fits" if precision == "bf16" else "does not fit")
+    if precision == "fp8":  # frozen weights stored in fp8 and cast per layer call
         from ..weights.dit import load_model
 
         model, _ = load_model(model, preset=config.preset or None, editor=True, dtype=torch.bfloat16, device=device,

@@ -3,6 +3,7 @@ the small presets without model files, and what the run writes (issue 11)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
@@ -83,8 +84,12 @@ def test_default_adapter_at_ovi_size_is_small_and_full_rank_is_an_option():
     ovi = get_preset("ovi-720-5s")
     default = footprint(ovi, TrainConfig(stage="video"))
     assert default.source_path == "lora" and default.trainable < 120e6 and default.file_bytes < 0.5e9
-    full = footprint(ovi, TrainConfig(stage="video", source_path="full"))
-    assert full.new > 500e6 and full.trainable > 5 * default.trainable
+    # full rank, on Ovi's width with 2 blocks per tower (the counts are per block; 30 take 10 s more)
+    two = dataclasses.replace(ovi, video=dataclasses.replace(ovi.video, num_layers=2),
+                              audio=dataclasses.replace(ovi.audio, num_layers=2))
+    small, full = footprint(two, TrainConfig(stage="video")), footprint(two, TrainConfig(stage="video", source_path="full"))
+    assert full.new - small.new == 2 * 2 * (3072 * 3072 + 3072)  # k_source, v_source (+ bias) of 2 blocks
+    assert full.trainable > 5 * small.trainable
 
 
 def test_estimate_loads_nothing(monkeypatch, capsys):
@@ -212,3 +217,18 @@ def test_an_fp8_stored_base_trains_and_its_adapter_fits_the_bf16_base(tmp_path):
     assert result.steps == 2 and result.adapter.is_file()
     bf16, _ = load_model(tmp_path / "base.safetensors", dtype=torch.bfloat16)
     load_adapter(bf16, result.adapter)  # the fingerprint of an fp8 copy matches within fp8 rounding
+
+
+def test_the_default_base_precision_fits_a_24_gb_card():
+    from instructav2av.models.configs import get_preset
+    from instructav2av.training.config import TrainConfig
+    from instructav2av.training.footprint import GIB, choose_base_precision, footprint, memory_estimate
+
+    ovi, default = get_preset("ovi-720-5s"), TrainConfig(stage="joint")
+    fp = footprint(ovi, default)  # once: 12.8 B parameters on the meta device
+    assert default.base_precision == "auto"
+    assert choose_base_precision(ovi, default, 24 * 10**9, fp) == "fp8"
+    assert memory_estimate(ovi, default.updated(base_precision="fp8"), fp)["total"] * GIB <= 0.95 * 24 * 10**9
+    assert choose_base_precision(ovi, default, 80 * 10**9, fp) == "bf16"
+    assert choose_base_precision(ovi, default, None, fp) == "bf16"  # the CPU: memory is not what limits
+    assert choose_base_precision(ovi, default.updated(base_precision="bf16"), 24 * 10**9, fp) == "bf16"  # as asked

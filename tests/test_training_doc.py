@@ -63,7 +63,7 @@ def test_the_example_configs_parse(tmp_path):
         path.write_text(body)
         cfg = load_train_config(path)
         stages.append(cfg.stage)
-        assert cfg.base.endswith("model.safetensors") and cfg.vocoder and cfg.base_precision == "fp8"
+        assert cfg.base.endswith("model.safetensors") and cfg.vocoder and cfg.base_precision == "auto"
     assert stages == ["video", "audio", "joint"]
 
 

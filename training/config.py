@@ -36,7 +36,7 @@ TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
 SCHEDULERS = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "adamw8bit")
 PRECISIONS = ("bf16", "no")
-BASE_PRECISIONS = ("bf16", "fp8")
+BASE_PRECISIONS = ("auto", "bf16", "fp8")
 DISTRIBUTED = ("ddp", "fsdp")
 
 # Inside a block: attention and FFN projections of Ovi's layers (the SIGA source path and gate are
@@ -137,8 +137,9 @@ class TrainConfig:
     # -- precision and memory ----------------------------------------------------------------
     mixed_precision: str = "bf16"
     # frozen base weights on the accelerator: "bf16", or "fp8" storage (cast per layer call; half the
-    # memory: Ovi's 12.8 B parameters are 25.6 GB in bf16, more than a 24 GB card holds)
-    base_precision: str = "bf16"
+    # memory: Ovi's 12.8 B parameters are 25.6 GB in bf16, more than a 24 GB card holds); "auto":
+    # bf16 when the run's memory estimate fits the accelerator, else fp8 (training.footprint)
+    base_precision: str = "auto"
     gradient_checkpointing: bool = True  # at Ovi's size a 121-frame window needs it below 80 GB
     distributed: str = "ddp"  # with several processes: "ddp", or "fsdp" (full fine-tune)
 

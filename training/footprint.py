@@ -98,8 +98,9 @@ def memory_estimate(model_config: ModelConfig, config: TrainConfig, fp: Footprin
         kept = t.num_layers * tokens * t.dim * 2 + per_block if config.gradient_checkpointing else (
             t.num_layers * per_block)
         act += kept * config.batch_size
+    precision = "bf16" if config.base_precision == "auto" else config.base_precision
     out = {
-        "base": fp.model_params * BASE_BYTES[config.base_precision] / GIB,
+        "base": fp.model_params * BASE_BYTES[precision] / GIB,
         "train_state": fp.trainable * TRAIN_STATE_BYTES[config.optimizer] / GIB,
         "activations": act / GIB,
         "overhead": CUDA_OVERHEAD_GIB,
@@ -108,14 +109,39 @@ def memory_estimate(model_config: ModelConfig, config: TrainConfig, fp: Footprin
     return out
 
 
+def choose_base_precision(model_config: ModelConfig, config: TrainConfig, device_bytes: int | None,
+                          fp: Footprint | None = None) -> str:
+    """``config.base_precision``, with ``"auto"`` resolved: ``"bf16"`` when the bf16 estimate fits
+    95 % of ``device_bytes`` (the accelerator's memory; None: the CPU, where memory is not the
+    limit), else ``"fp8"`` (frozen weights stored in fp8: half their memory)."""
+    if config.base_precision != "auto":
+        return config.base_precision
+    if device_bytes is None:
+        return "bf16"
+    need = memory_estimate(model_config, config.updated(base_precision="bf16"), fp)["total"] * GIB
+    return "bf16" if need <= 0.95 * device_bytes else "fp8"
+
+
+def accelerator_bytes() -> int | None:
+    """Total memory of the current CUDA device, None without one."""
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+
+
 def describe(model_config: ModelConfig, config: TrainConfig) -> str:
-    """The ``train --estimate`` report."""
+    """The ``train --estimate`` report (``base_precision = "auto"`` resolved for this machine's GPU)."""
     fp = footprint(model_config, config)
+    device = accelerator_bytes()
+    auto = config.base_precision == "auto"
+    config = config.updated(base_precision=choose_base_precision(model_config, config, device, fp))
     mem = memory_estimate(model_config, config, fp)
     what = (f"LoRA rank {config.lora_rank}, source path {config.source_path}" if config.adapter == "lora"
             else "full fine-tune")
     rows = [
-        (f"base weights ({config.base_precision})", mem["base"]),
+        (f"base weights ({config.base_precision}"
+         + (f", auto for {'this ' + format(device / GIB, '.0f') + ' GiB GPU' if device else 'no GPU'}" if auto else "")
+         + ")", mem["base"]),
         (f"trainable state ({config.optimizer})", mem["train_state"]),
         (f"activations (batch {config.batch_size}, "
          f"{'gradient checkpointing' if config.gradient_checkpointing else 'no checkpointing'})", mem["activations"]),
@@ -134,4 +160,4 @@ def describe(model_config: ModelConfig, config: TrainConfig) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Footprint", "footprint", "memory_estimate", "describe", "TRAIN_STATE_BYTES", "BASE_BYTES"]
+__all__ = ["Footprint", "footprint", "memory_estimate", "choose_base_precision", "accelerator_bytes", "describe", "TRAIN_STATE_BYTES", "BASE_BYTES"]
