@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import torch  # every command uses it
+
     previous = install_signal_handlers()
+    threads = torch.get_num_threads()  # commands may set it (--threads); main may run inside another program
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code)
     finally:
         restore_signal_handlers(previous)
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

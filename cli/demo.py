@@ -44,12 +44,9 @@ def _out(text: str = "") -> None:
 
 
 def _threads(n: int | None) -> None:
-    if n is not None:
-        if n < 1:
-            raise ValueError(f"--threads {n}; expected at least 1")
-        import torch
+    from ..runtime.threads import set_threads
 
-        torch.set_num_threads(n)
+    set_threads(n)  # --threads, or the CPUs idle now (runtime/threads.py says why)
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,7 +70,7 @@ def _register_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="with --eval: print the summaries as JSON")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the bundle's)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the CPUs idle now, at least 1)")
     parser.set_defaults(func=_demo)
 
 
@@ -174,7 +171,7 @@ def _register_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply every stage's steps (e.g. 0.25 for a short ablation run; default 1)")
     parser.add_argument("--clip-only", action="store_true", help="only write the demo clip into --out")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the CPUs idle now, at least 1)")
     recipe = parser.add_argument_group("recipe (defaults: the shipped model's)")
     for f in dataclasses.fields(DemoRecipe):
         default = f.default

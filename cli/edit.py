@@ -80,6 +80,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                    help="fit the source to the model's frame: crop the overflow or pad with black (default crop)")
     c.add_argument("--start", type=float, default=0.0, help="seconds into the source where the edited clip starts")
     c.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    c.add_argument("--threads", type=int, help="CPU threads for torch (default: the CPUs idle now, at least 1; "
+                                               "OMP_NUM_THREADS is obeyed)")
     c.add_argument("--dtype", choices=tuple(DTYPES), default="bf16", help="model precision (default bf16, also on CPUs)")
     parser.set_defaults(func=run)
 
@@ -245,6 +247,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..editing.stages import check_instruction
     from ..files import check_apart
     from ..media.video_write import _check_output_path
+    from ..runtime.threads import set_threads
     from ..samplers import EditGuidance
 
     # Cheap checks first: a typo must not cost minutes of model loading.
@@ -260,12 +263,15 @@ def _run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.denoise <= 1.0:
         raise ValueError(f"--denoise must be between 0 and 1, got {args.denoise}")
     _check_sampling(args)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be a whole number >= 1, got {args.threads}")
     _check_source(source, args.start)
     config = _config_before_loading(args)
     if config is not None:
         _check_skip_layers(_guidance(args, EditGuidance()).slg_layers, config.video.num_layers)
     dtype = DTYPES[args.dtype]
 
+    set_threads(args.threads)
     t0 = time.perf_counter()
     bundle = load_bundle(
         model=args.model, video_vae=args.video_vae, audio_vae=args.audio_vae, vocoder=args.vocoder,
