@@ -37,7 +37,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                      "(model.safetensors, Wan2.2_VAE.pth, v1-16.pth, best_netG.pt, models_t5_umt5-xxl-enc-bf16.pth). "
                      "--preset demo runs the small embedded demo model without any files.")
     parser.add_argument("source", help="the video to edit (any file FFmpeg reads; its audio track is edited too)")
-    parser.add_argument("instruction", help='what to change, e.g. "replace the dog with a cat and its bark with a meow"')
+    parser.add_argument("instruction", nargs="?",
+                        help='what to change, e.g. "replace the dog with a cat and its bark with a meow" (editor mode)')
     parser.add_argument("-o", "--output", required=True,
                         help="mp4 to write; if it exists a fresh name (NAME_001.mp4, ...) is used unless --overwrite")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
@@ -57,6 +58,29 @@ def register(parser: argparse.ArgumentParser) -> None:
     files.add_argument("--adapter", action="append", default=[], metavar="FILE[:STRENGTH]",
                        help="adapter file merged into the editor (repeatable; strength default 1)")
 
+    fe = parser.add_argument_group("training-free editing with Ovi's own weights (--mode flowedit)")
+    fe.add_argument("--mode", choices=("editor", "flowedit"), default="editor",
+                    help="editor: a trained InstructAV2AV editor follows the instruction (default); flowedit: Ovi's "
+                         "base model, no training, from --source-prompt to --target-prompt (FlowEdit)")
+    fe.add_argument("--source-prompt", help='what the source shows and sounds like, in Ovi\'s format: "A dog runs on '
+                                            'grass. <S>Good boy!<E> Audio: barking, wind"')
+    fe.add_argument("--target-prompt", help="the same description changed to the wanted result")
+    fe.add_argument("--edit", choices=("both", "video", "audio"), default="both",
+                    help="which modality FlowEdit changes; the other keeps its source latent exactly (default both)")
+    for m in ("video", "audio"):
+        fe.add_argument(f"--{m}-n-max", type=int, help=f"{m}: edit while at most this many steps remain "
+                                                       "(default 66%% of --steps; more = stronger edit)")
+        fe.add_argument(f"--{m}-n-min", type=int, default=0,
+                        help=f"{m}: sample the last this many steps ordinarily from the target (default 0)")
+    fe.add_argument("--n-avg", type=int, default=1, help="noise draws averaged per editing step (default 1)")
+
+    mk = parser.add_argument_group("preservation mask (both modes)")
+    mk.add_argument("--mask", help="image or video, white = may change; outside it the source is kept exactly "
+                                   "(stretched over the edited frame; a video mask of another length is resampled)")
+    mk.add_argument("--audio-ranges", help='seconds of the edited clip whose sound may change, e.g. "0.5-1.5, 3-4"; '
+                                           "outside them the source sound is kept")
+    mk.add_argument("--feather", type=int, default=1, help="latent cells of soft edge inside the mask (default 1)")
+
     s = parser.add_argument_group("sampling (defaults: the preset's)")
     s.add_argument("--steps", type=int, help="sampling steps (Ovi: 50)")
     s.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same edit (default 0)")
@@ -64,10 +88,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--shift", type=float, help="schedule shift (Ovi: 5)")
     s.add_argument("--denoise", type=float, default=1.0,
                    help="1 = full edit; lower keeps more of the source and runs fewer steps (0 returns the source)")
-    s.add_argument("--video-cfg", type=float, help="video instruction guidance (default 4; 1 = none)")
-    s.add_argument("--audio-cfg", type=float, help="audio instruction guidance (default 3; 1 = none)")
-    s.add_argument("--video-source-cfg", type=float, help="video source guidance (default 1.5; 1 = none)")
-    s.add_argument("--audio-source-cfg", type=float, help="audio source guidance (default 1.5; 1 = none)")
+    s.add_argument("--video-cfg", type=float, help="video instruction guidance (default 4; 1 = none); flowedit: "
+                                                   "the target description's CFG (default 4)")
+    s.add_argument("--audio-cfg", type=float, help="audio instruction guidance (default 3; 1 = none); flowedit: "
+                                                   "the target description's CFG (default 3)")
+    s.add_argument("--video-source-cfg", type=float, help="video source guidance (default 1.5; 1 = none); flowedit: "
+                                                          "the source description's CFG (default 4)")
+    s.add_argument("--audio-source-cfg", type=float, help="audio source guidance (default 1.5; 1 = none); flowedit: "
+                                                          "the source description's CFG (default 3)")
     s.add_argument("--slg", help="blocks the unconditional pass skips, e.g. 11 or 9,11; 'none' turns it off "
                                  "(Ovi presets: 11)")
     s.add_argument("--video-negative", default="", help="negative prompt for the video (default: empty)")
@@ -158,7 +186,7 @@ def _config_before_loading(args: argparse.Namespace):
     if args.preset:
         if args.preset in PRESETS:
             return PRESETS[args.preset]
-        if args.preset in bundle_loaders():
+        if args.preset in bundle_loaders() or args.preset + "-base" in bundle_loaders():
             return None
         raise ValueError(f"unknown --preset {args.preset!r}; valid presets: {', '.join(PRESETS)} "
                          f"(bundled models that need no files: {', '.join(bundle_loaders())})")
@@ -195,6 +223,32 @@ def _guidance(args: argparse.Namespace, base):
         for name, flag in _GUIDANCE_FLAGS.items():
             message = message.replace(name, flag)
         raise ValueError(message) from None
+
+
+def _flowedit_settings(args: argparse.Namespace):
+    """FlowEditSettings from the flags (range errors name the flag)."""
+    from ..samplers.flowedit import FlowEditSettings
+
+    values = {"video_n_max": args.video_n_max, "video_n_min": args.video_n_min, "audio_n_max": args.audio_n_max,
+              "audio_n_min": args.audio_n_min, "video_target_scale": args.video_cfg,
+              "audio_target_scale": args.audio_cfg, "video_source_scale": args.video_source_cfg,
+              "audio_source_scale": args.audio_source_cfg, "slg_layers": _slg(args.slg), "n_avg": args.n_avg}
+    flags = {"video_target_scale": "--video-cfg", "audio_target_scale": "--audio-cfg",
+             "video_source_scale": "--video-source-cfg", "audio_source_scale": "--audio-source-cfg",
+             "slg_layers": "--slg", "n_avg": "--n-avg"}
+    flags.update({f"{m}_n_{e}": f"--{m}-n-{e}" for m in ("video", "audio") for e in ("max", "min")})
+    try:
+        settings = FlowEditSettings(**{k: v for k, v in values.items() if v is not None})
+        steps = 50 if args.steps is None else args.steps
+        if steps >= 1:  # a bad --steps is reported by _check_sampling
+            for m in ("video", "audio") if args.edit == "both" else (args.edit,):
+                settings.window(m, steps)
+    except ValueError as exc:
+        message = str(exc)
+        for name in sorted(flags, key=len, reverse=True):
+            message = message.replace(name, flags[name])
+        raise ValueError(message) from None
+    return settings
 
 
 class _Progress:
@@ -244,14 +298,32 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..editing.bundle import load_bundle
     from ..editing.edit import edit
+    from ..editing.flowedit import check_descriptions, flowedit_edit
+    from ..editing.masking import check_mask_input, load_mask_file
     from ..editing.stages import check_instruction
     from ..files import check_apart
     from ..media.video_write import _check_output_path
     from ..runtime.threads import set_threads
     from ..samplers import EditGuidance
+    from ..samplers.masks import parse_time_ranges
 
     # Cheap checks first: a typo must not cost minutes of model loading.
-    instruction = check_instruction(args.instruction)
+    flow = args.mode == "flowedit"
+    if flow:
+        if args.instruction is not None:
+            raise ValueError("--mode flowedit edits from --source-prompt to --target-prompt; it takes no instruction")
+        prompts = check_descriptions(args.source_prompt or "", args.target_prompt or "")
+        settings = _flowedit_settings(args)
+    else:
+        if args.source_prompt is not None or args.target_prompt is not None:
+            raise ValueError("--source-prompt/--target-prompt belong to --mode flowedit (training-free editing)")
+        if args.instruction is None:
+            raise ValueError('give the instruction, e.g. "replace the dog with a cat" (or --mode flowedit with '
+                             "--source-prompt and --target-prompt)")
+        instruction = check_instruction(args.instruction)
+    mask = load_mask_file(args.mask) if args.mask else None
+    audio_ranges = parse_time_ranges(args.audio_ranges or "")
+    check_mask_input(mask, audio_ranges)
     source = Path(args.source).expanduser()
     if not source.is_file():
         raise FileNotFoundError(f"source video {source} does not exist" if not source.exists()
@@ -259,7 +331,8 @@ def _run(args: argparse.Namespace) -> int:
     output = Path(args.output).expanduser()
     _check_output_path(output)
     check_apart(output, _input_files(args, source), what="--output")
-    _guidance(args, EditGuidance())  # range errors now; the bundle's defaults are applied below
+    if not flow:
+        _guidance(args, EditGuidance())  # range errors now; the bundle's defaults are applied below
     if not 0.0 <= args.denoise <= 1.0:
         raise ValueError(f"--denoise must be between 0 and 1, got {args.denoise}")
     _check_sampling(args)
@@ -268,7 +341,8 @@ def _run(args: argparse.Namespace) -> int:
     _check_source(source, args.start)
     config = _config_before_loading(args)
     if config is not None:
-        _check_skip_layers(_guidance(args, EditGuidance()).slg_layers, config.video.num_layers)
+        _check_skip_layers(_slg(args.slg) if flow else _guidance(args, EditGuidance()).slg_layers,
+                           config.video.num_layers)
     dtype = DTYPES[args.dtype]
 
     set_threads(args.threads)
@@ -277,16 +351,22 @@ def _run(args: argparse.Namespace) -> int:
         model=args.model, video_vae=args.video_vae, audio_vae=args.audio_vae, vocoder=args.vocoder,
         text_encoder=args.text_encoder, tokenizer=args.tokenizer, preset=args.preset, device=args.device,
         dtype=dtype, adapters=[_adapter(a) for a in args.adapter], models_dir=args.models_dir,
+        mode="base" if flow else "editor",
     )
     load_seconds = time.perf_counter() - t0
     bar = _Progress()
+    common = dict(output=output, steps=args.steps, seed=args.seed, shift=args.shift,
+                  video_negative=args.video_negative, audio_negative=args.audio_negative, fit=args.fit,
+                  start=args.start, overwrite=args.overwrite, batch_guidance=not args.no_batch_guidance, progress=bar,
+                  mask=mask, audio_ranges=audio_ranges, feather=args.feather)
     try:
-        result = edit(
-            bundle, source, instruction, output=output, steps=args.steps, seed=args.seed, solver=args.solver,
-            shift=args.shift, guidance=_guidance(args, bundle.defaults.guidance), denoise=args.denoise,
-            video_negative=args.video_negative, audio_negative=args.audio_negative, fit=args.fit, start=args.start,
-            overwrite=args.overwrite, batch_guidance=not args.no_batch_guidance, progress=bar,
-        )
+        if flow:
+            if args.slg is None:
+                settings = dataclasses.replace(settings, slg_layers=bundle.defaults.guidance.slg_layers)
+            result = flowedit_edit(bundle, source, *prompts, edit_modality=args.edit, settings=settings, **common)
+        else:
+            result = edit(bundle, source, instruction, solver=args.solver, denoise=args.denoise,
+                          guidance=_guidance(args, bundle.defaults.guidance), **common)
     finally:
         bar.close()
     if result.output != output:

@@ -256,7 +256,7 @@ def load_bundle(
     """
     if mode not in BUNDLE_MODES:
         raise ValueError(f"mode must be one of {', '.join(BUNDLE_MODES)}, got {mode!r}")
-    if mode == "base" and preset and preset not in PRESETS:
+    if mode == "base" and preset and (preset in bundle_loaders() or preset not in PRESETS):
         if preset + "-base" not in bundle_loaders():
             raise ValueError(f"the {preset!r} bundle has no base (plain) model for FlowEdit; bundles with one: "
                              + (", ".join(n[:-5] for n in bundle_loaders() if n.endswith("-base")) or "none"))

@@ -102,3 +102,79 @@ def test_prompts_and_bad_input(base_bundle, source, tmp_path):
     with pytest.raises(ValueError, match="plain Ovi \\(base mode\\).*FlowEdit"):
         EditorBundle(base_bundle.model, DemoVideoCodec(), DemoAudioCodec(AUDIO_HOP), base_bundle.text_encoder,
                      tiny_config())
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def registered_base(monkeypatch, base_bundle):
+    """``--preset tiny-test --mode flowedit`` loads the tiny base bundle (registered as ``tiny-test-base``)."""
+    from instructav2av.editing import bundle as bundle_module
+    from instructav2av.editing import register_bundle_loader
+
+    monkeypatch.setattr(bundle_module, "_LOADERS", dict(bundle_module._LOADERS))
+    loads = []
+
+    def loader(*, device, dtype, **files):
+        loads.append(files)
+        return base_bundle
+
+    register_bundle_loader("tiny-test-base", loader)
+    return loads
+
+
+def cli(*args) -> int:
+    from instructav2av.cli import main
+
+    return main(["edit", *map(str, args)])
+
+
+def test_cli_flowedit_with_mask_writes_a_clip(registered_base, source, tmp_path, capsys):
+    from PIL import Image
+
+    from instructav2av.media import read_clip
+
+    mask = tmp_path / "mask.png"
+    Image.new("L", (64, 48), 255).save(mask)
+    out = tmp_path / "edited.mp4"
+    code = cli(source, "-o", out, "--preset", "tiny-test", "--mode", "flowedit", "--source-prompt", SRC,
+               "--target-prompt", TAR, "--steps", "4", "--video-n-max", "3", "--audio-n-max", "2", "--edit", "both",
+               "--mask", mask, "--audio-ranges", "0-0.2")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"wrote {out}" in captured.out and "3 steps" in captured.out
+    assert read_clip(out).num_frames == 9
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--source-prompt", "", "--target-prompt", TAR), "source description is empty"),
+        (("--source-prompt", SRC, "--target-prompt", TAR, "--video-n-max", "2", "--video-n-min", "2"),
+         "--video-n-min (2) must be smaller than --video-n-max (2)"),
+        (("--source-prompt", SRC, "--target-prompt", TAR, "--audio-ranges", "later"), "is not START-END"),
+        (("--source-prompt", SRC, "--target-prompt", TAR, "--video-cfg", "500"), "--video-cfg must be a finite"),
+    ],
+)
+def test_cli_flowedit_bad_options_fail_before_loading(registered_base, source, tmp_path, capsys, extra, message):
+    assert cli(source, "-o", tmp_path / "o.mp4", "--preset", "tiny-test", "--mode", "flowedit", *extra) == 1
+    assert message in capsys.readouterr().err
+    assert registered_base == []
+
+
+def test_cli_mask_file_all_black_and_editor_mode_prompts(registered_base, source, tmp_path, capsys):
+    from PIL import Image
+
+    mask = tmp_path / "black.png"
+    Image.new("L", (64, 48), 0).save(mask)
+    assert cli(source, "make it red", "-o", tmp_path / "o.mp4", "--preset", "tiny-test", "--mask", mask) == 1
+    assert "all zeros: nothing can change" in capsys.readouterr().err
+    assert cli(source, "make it red", "-o", tmp_path / "o.mp4", "--preset", "tiny-test", "--source-prompt", SRC) == 1
+    assert "belong to --mode flowedit" in capsys.readouterr().err
+    assert cli(source, "make it red", "-o", tmp_path / "o.mp4", "--preset", "tiny-test", "--mode", "flowedit",
+               "--source-prompt", SRC, "--target-prompt", TAR) == 1
+    assert "takes no instruction" in capsys.readouterr().err
+    assert cli(source, "-o", tmp_path / "o.mp4", "--preset", "demo", "--mode", "flowedit", "--source-prompt", SRC,
+               "--target-prompt", TAR) == 1
+    assert "has no base (plain) model" in capsys.readouterr().err
