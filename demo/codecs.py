@@ -46,6 +46,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..models.ops import Placed
+
 VIDEO_TEMPORAL_FACTOR = 4
 VIDEO_SPATIAL_FACTOR = 2
 VIDEO_LATENT_CHANNELS = 3 * VIDEO_TEMPORAL_FACTOR * VIDEO_SPATIAL_FACTOR**2  # 48, as Wan2.2
@@ -87,7 +89,7 @@ class _Normalizer(nn.Module):
         self.std.copy_(std.clamp_min(floor).to(self.std))
 
 
-class DemoVideoCodec(nn.Module):
+class DemoVideoCodec(Placed, nn.Module):
     """Video "VAE" of the demo preset: space-to-depth into 48 channels (×2 space, ×4 time).
 
     ``encode(video [B, 3, T, H, W] in [-1, 1]) -> [B, 48, 1 + (T-1)/4, H/2, W/2]``, ``decode`` the
@@ -102,13 +104,8 @@ class DemoVideoCodec(nn.Module):
         super().__init__()
         self.norm = _Normalizer(self.latent_channels, channel_dim=1, ndim=5)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.norm.mean.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.norm.mean.device
+    def placement_tensor(self) -> torch.Tensor:
+        return self.norm.mean
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(C, F, h, w)`` of the latent of a ``frames × height × width`` clip."""
@@ -194,7 +191,7 @@ def mdct_basis(hop: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return basis.to(dtype)
 
 
-class DemoAudioCodec(nn.Module):
+class DemoAudioCodec(Placed, nn.Module):
     """Audio "VAE" of the demo preset: an orthogonal MDCT (hop = channels = 250 at 16 kHz).
 
     ``encode(wave [B, N]) -> [B, ceil(N/hop) + 1, hop]`` (channel-last, as Ovi's audio latents),
@@ -220,13 +217,8 @@ class DemoAudioCodec(nn.Module):
     def latents_per_second(self) -> float:
         return self.sample_rate / self.hop
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.norm.mean.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.norm.mean.device
+    def placement_tensor(self) -> torch.Tensor:
+        return self.norm.mean
 
     def num_latents(self, num_samples: int) -> int:
         """Latent count for a ``num_samples`` waveform (``ceil(N / hop) + 1``)."""

@@ -24,6 +24,22 @@ from torch import nn
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+class Placed:
+    """``dtype`` and ``device`` of a model read from one of its tensors (:meth:`placement_tensor`): where
+    a codec's weights are is where its inputs go and in which dtype it computes."""
+
+    def placement_tensor(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.placement_tensor().dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement_tensor().device
+
+
 def cast_params(module: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``module.weight`` and ``module.bias`` in ``like``'s dtype and device (no copy when they match).
 
@@ -104,6 +120,7 @@ def get_ops(ops: str | object | None = None) -> object:
 
 __all__ = [
     "DTYPES",
+    "Placed",
     "cast_params",
     "CastLinear",
     "CastConv1d",

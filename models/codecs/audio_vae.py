@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import Placed
 from .mel import HOP_LENGTH, SAMPLE_RATE, LogMelSpectrogram
 from .vocoder import BIGVGAN_V1_16K, BigVGAN, BigVGANConfig
 
@@ -315,7 +316,7 @@ class MelVAE(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-class AudioVAE(nn.Module):
+class AudioVAE(Placed, nn.Module):
     """16 kHz mono waveform ``[B, N]`` <-> latents ``[B, N // 512, 20]``; decoding needs the vocoder."""
 
     def __init__(self, vae_config: MelVAEConfig = MMAUDIO_VAE_16K,
@@ -346,13 +347,8 @@ class AudioVAE(nn.Module):
         """Samples that ``num_latents`` latents decode to (80,384 for 157)."""
         return num_latents * self.samples_per_latent
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.vae.encoder.conv_in.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.vae.encoder.conv_in.weight.device
+    def placement_tensor(self) -> torch.Tensor:
+        return self.vae.encoder.conv_in.weight
 
     def waveform_to_mel(self, wave: torch.Tensor) -> torch.Tensor:
         """``[B, N]`` -> float32 log10-mel ``[B, 80, N // 256]`` (validated input)."""

@@ -28,6 +28,8 @@ from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, patchify, unpatchify
 from torch import nn
 
+from ..ops import Placed
+
 logger = logging.getLogger(__name__)
 
 # Per-channel latent statistics of the Wan2.2 VAE, as Wan2.2 and Ovi hard-code them
@@ -158,7 +160,7 @@ def _blend_weight(span_h: tuple[int, int], span_w: tuple[int, int], full: tuple[
 ProgressFn = Callable[[int, int], None]
 
 
-class VideoVAE(nn.Module):
+class VideoVAE(Placed, nn.Module):
     """Wan2.2 VAE with Ovi's latent normalisation and a bounded-memory streaming encode/decode."""
 
     def __init__(self, vae: AutoencoderKLWan, tiling: VAETiling | None = None) -> None:
@@ -178,13 +180,8 @@ class VideoVAE(nn.Module):
         self._n_enc_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.encoder.modules())
         self._n_dec_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.vae.encoder.conv_in.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.vae.encoder.conv_in.weight.device
+    def placement_tensor(self) -> torch.Tensor:
+        return self.vae.encoder.conv_in.weight
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(C, F, H, W)`` of the latents of a ``frames x height x width`` clip."""
