@@ -229,35 +229,18 @@ class VideoVAE(Placed, nn.Module):
         spans_w = tile_spans(lw, ts and ts // s, tiling.overlap // s)
         step = tiling.frames_per_chunk * self.temporal_factor
         chunks = [(0, 1)] + [(i, min(i + step, frames)) for i in range(1, frames, step)]
-        total, done = len(spans_h) * len(spans_w) * len(chunks), 0
-        weight_sum = torch.zeros(lh, lw, device=out_dev) if len(spans_h) * len(spans_w) > 1 else None
         mean, std = self.latents_mean.to(self.device, torch.float32), self.latents_std.to(self.device, torch.float32)
-        for sh in spans_h:
-            for sw in spans_w:
-                cache: list = [None] * self._n_enc_convs
-                w = None
-                if weight_sum is not None:
-                    w = _blend_weight(sh, sw, (lh, lw), tiling.overlap // s).to(out_dev)
-                    weight_sum[sh[0]:sh[1], sw[0]:sw[1]] += w
-                lat_t = 0
-                for t0, t1 in chunks:
-                    x = video[:, :, t0:t1, sh[0] * s:sh[1] * s, sw[0] * s:sw[1] * s]
-                    x = x.to(device=self.device, dtype=self.dtype)
-                    if self.patch_size > 1:
-                        x = patchify(x, self.patch_size)
-                    h = self.vae.encoder(x, feat_cache=cache, feat_idx=[0])
-                    mu = self.vae.quant_conv(h)[:, : self.z_dim].float()  # the posterior's mode
-                    mu = ((mu - mean) / std).to(out_dev)
-                    n = mu.shape[2]
-                    region = out[:, :, lat_t:lat_t + n, sh[0]:sh[1], sw[0]:sw[1]]
-                    region += mu if w is None else mu * w
-                    lat_t += n
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-        if weight_sum is not None:
-            out /= weight_sum
-        return out
+
+        def run(x: torch.Tensor, cache: list, first: bool) -> torch.Tensor:
+            x = x.to(device=self.device, dtype=self.dtype)
+            if self.patch_size > 1:
+                x = patchify(x, self.patch_size)
+            h = self.vae.encoder(x, feat_cache=cache, feat_idx=[0])
+            mu = self.vae.quant_conv(h)[:, : self.z_dim].float()  # the posterior's mode
+            return (mu - mean) / std
+
+        return self._tiled(video, out, spans_h, spans_w, (s, 1), tiling.overlap // s, chunks, self._n_enc_convs,
+                           run, progress)
 
     # ---- decode -------------------------------------------------------------------------
 
@@ -282,33 +265,52 @@ class VideoVAE(Placed, nn.Module):
         spans_w = tile_spans(lw, ts and ts // s, tiling.overlap // s)
         step = tiling.frames_per_chunk
         chunks = [(0, 1)] + [(i, min(i + step, lf)) for i in range(1, lf, step)]
-        total, done = len(spans_h) * len(spans_w) * len(chunks), 0
-        weight_sum = torch.zeros(height, width, device=out_dev) if len(spans_h) * len(spans_w) > 1 else None
         mean, std = self.latents_mean.to(self.device, torch.float32), self.latents_std.to(self.device, torch.float32)
+
+        def run(z: torch.Tensor, cache: list, first: bool) -> torch.Tensor:
+            z = (z.to(device=self.device, dtype=torch.float32) * std + mean).to(self.dtype)
+            x = self.vae.decoder(self.vae.post_quant_conv(z), feat_cache=cache, feat_idx=[0], first_chunk=first)
+            if self.patch_size > 1:
+                x = unpatchify(x, self.patch_size)
+            x = x.float()
+            return x.clamp_(-1.0, 1.0) if clamp else x
+
+        return self._tiled(latents, out, spans_h, spans_w, (1, s), tiling.overlap, chunks, self._n_dec_convs,
+                           run, progress)
+
+    # ---- the streaming loop both share --------------------------------------------------
+
+    @staticmethod
+    def _tiled(source: torch.Tensor, out: torch.Tensor, spans_h: list[tuple[int, int]],
+               spans_w: list[tuple[int, int]], scales: tuple[int, int], overlap: int, chunks: list[tuple[int, int]],
+               num_convs: int, run: Callable[[torch.Tensor, list, bool], torch.Tensor],
+               progress: ProgressFn | None) -> torch.Tensor:
+        """Run ``source`` through ``run`` one spatial tile and one time chunk at a time, adding each result
+        into ``out`` (blended over ``overlap`` output pixels where tiles meet).
+
+        ``spans_*`` are in latent units; ``scales`` = (input, output) pixels per latent unit. Within a tile
+        the chunks run in order and share the causal convolution cache ``run`` fills.
+        """
+        total, done = len(spans_h) * len(spans_w) * len(chunks), 0
+        plane = tuple(out.shape[-2:])
+        weight_sum = torch.zeros(*plane, device=out.device) if len(spans_h) * len(spans_w) > 1 else None
+        a, b = scales
         for sh in spans_h:
             for sw in spans_w:
-                cache: list = [None] * self._n_dec_convs
-                ph, pw = (sh[0] * s, sh[1] * s), (sw[0] * s, sw[1] * s)
+                cache: list = [None] * num_convs
+                oh, ow = (sh[0] * b, sh[1] * b), (sw[0] * b, sw[1] * b)
                 w = None
                 if weight_sum is not None:
-                    w = _blend_weight(ph, pw, (height, width), tiling.overlap).to(out_dev)
-                    weight_sum[ph[0]:ph[1], pw[0]:pw[1]] += w
-                pix_t = 0
+                    w = _blend_weight(oh, ow, plane, overlap).to(out.device)
+                    weight_sum[oh[0]:oh[1], ow[0]:ow[1]] += w
+                t_out = 0
                 for t0, t1 in chunks:
-                    z = latents[:, :, t0:t1, sh[0]:sh[1], sw[0]:sw[1]].to(device=self.device, dtype=torch.float32)
-                    z = (z * std + mean).to(self.dtype)
-                    x = self.vae.decoder(self.vae.post_quant_conv(z), feat_cache=cache, feat_idx=[0],
-                                         first_chunk=t0 == 0)
-                    if self.patch_size > 1:
-                        x = unpatchify(x, self.patch_size)
-                    x = x.float()
-                    if clamp:
-                        x = x.clamp_(-1.0, 1.0)
-                    x = x.to(out_dev)
-                    n = x.shape[2]
-                    region = out[:, :, pix_t:pix_t + n, ph[0]:ph[1], pw[0]:pw[1]]
-                    region += x if w is None else x * w
-                    pix_t += n
+                    y = run(source[:, :, t0:t1, sh[0] * a:sh[1] * a, sw[0] * a:sw[1] * a], cache, t0 == 0)
+                    y = y.to(out.device)
+                    n = y.shape[2]
+                    region = out[:, :, t_out:t_out + n, oh[0]:oh[1], ow[0]:ow[1]]
+                    region += y if w is None else y * w
+                    t_out += n
                     done += 1
                     if progress is not None:
                         progress(done, total)
