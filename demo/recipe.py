@@ -523,7 +523,7 @@ def edit_samples(bundle, samples, *, seed: int = 0, steps: int | None = None, sh
                  solver: str | None = None, guidance=None, batch_size: int = 8):
     """Edit synthetic samples in batches with ``bundle``; returns ``[(video [3,T,H,W], audio [N])]``."""
     from ..editing.stages import decode_latents
-    from ..samplers import sample
+    from ..samplers import EditConditioning, sample
 
     d = bundle.defaults
     outputs = []
@@ -537,8 +537,7 @@ def edit_samples(bundle, samples, *, seed: int = 0, steps: int | None = None, sh
         width = max(c.shape[0] for c in ctx)  # zero rows are exact: the model zero-pads to text_len anyway
         ctx = torch.stack([torch.nn.functional.pad(c, (0, 0, 0, width - c.shape[0])) for c in ctx]).to(dev)
         neg = empty[None].expand(len(chunk), -1, -1).to(dev)
-        v, a = sample(bundle.model, video_source=video, audio_source=audio, video_context=ctx, audio_context=ctx,
-                      video_negative=neg, audio_negative=neg, steps=steps or d.steps,
+        v, a = sample(bundle.model, EditConditioning.of(video, audio, ctx, neg, neg), steps=steps or d.steps,
                       shift=d.shift if shift is None else shift, solver=solver or d.solver, seed=seed,
                       guidance=guidance or d.guidance, dtype=bundle.dtype)
         frames, waves = decode_latents(bundle, v, a, num_samples=chunk[0].source_audio.shape[0])

@@ -174,9 +174,7 @@ def edit(
     with stage("sample", schedule.num_steps):
         try:
             video, audio = sample(
-                bundle.model, video_source=src_video, audio_source=src_audio, video_context=text.context,
-                audio_context=text.context, video_negative=text.video_negative, audio_negative=text.audio_negative,
-                steps=steps, shift=shift, solver=solver, seed=seed, guidance=guidance, denoise=denoise,
+                bundle.model, text.conditioning(src_video, src_audio), steps=steps, shift=shift, solver=solver, seed=seed, guidance=guidance, denoise=denoise,
                 batch_guidance=batch_guidance, callback=lambda i, n, *_: progress("sample", i, n),
                 should_cancel=should_cancel, preserve=preserve,
             )

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..media import Clip, ConformedClip, MediaError, conform, load_clip
+from ..samplers import EditConditioning
 from .bundle import EditorBundle, PathLike
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ class InstructionEmbeddings:
     context: torch.Tensor
     video_negative: torch.Tensor
     audio_negative: torch.Tensor
+
+    def conditioning(self, video_source: torch.Tensor | None, audio_source: torch.Tensor | None) -> EditConditioning:
+        """These embeddings with the source latents: what the sampler conditions an edit on."""
+        return EditConditioning.of(video_source, audio_source, self.context, self.video_negative, self.audio_negative)
 
 
 def check_instruction(instruction: object) -> str:

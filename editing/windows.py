@@ -61,9 +61,7 @@ def sample_window(model: torch.nn.Module, window: Window, text: InstructionEmbed
                   batch_guidance: bool = True, callback=None, should_cancel=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Edit one window's latents (see :func:`~.samplers.sample`); the result stays on ``device``."""
     return sample(
-        model, video_source=window.video.to(device), audio_source=window.audio.to(device),
-        video_context=text.context, audio_context=text.context, video_negative=text.video_negative,
-        audio_negative=text.audio_negative, steps=steps, shift=shift, solver=solver, seed=seed,
+        model, text.conditioning(window.video.to(device), window.audio.to(device)), steps=steps, shift=shift, solver=solver, seed=seed,
         guidance=guidance, denoise=denoise, batch_guidance=batch_guidance, callback=callback,
         should_cancel=should_cancel,
     )

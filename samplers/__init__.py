@@ -1,5 +1,6 @@
 """Flow-matching schedules, solvers, editing guidance and the sampling loop (no ComfyUI imports)."""
 
+from .conditioning import EditConditioning
 from .flowedit import FlowEditSettings, flowedit
 from .guidance import OVI_SLG_LAYER, EditDenoiser, EditGuidance, GuidancePlan, ModelFn, plan_guidance
 from .masks import PreserveMask, build_preserve_mask, parse_time_ranges
@@ -9,6 +10,7 @@ from .solvers import DEFAULT_SOLVER, SOLVERS, FlowSolver, make_solver
 
 __all__ = [
     "sample",
+    "EditConditioning",
     "flowedit",
     "FlowEditSettings",
     "PreserveMask",

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from .conditioning import EditConditioning
 from .guidance import EditDenoiser, EditGuidance, ModelFn
 from .masks import PreserveMask
 from .schedules import DEFAULT_SHIFT, DEFAULT_STEPS, edit_schedule
@@ -115,6 +116,7 @@ def _check_inputs(model: ModelFn, guidance: EditGuidance, latents: dict, context
 @torch.no_grad()
 def sample(
     model: ModelFn,
+    conditioning: EditConditioning | None = None,
     *,
     video_source: torch.Tensor | None = None,
     audio_source: torch.Tensor | None = None,
@@ -137,6 +139,8 @@ def sample(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Edit source latents as the instruction says; returns the edited ``(video, audio)`` latents.
 
+    ``conditioning`` (an :class:`~.conditioning.EditConditioning`) carries the six tensors below in one
+    object; the keywords remain for callers that pass them one by one (not both at once).
     Latents: video ``[B, C, F, H, W]``, audio ``[B, L, C]``; pass only one source to edit one
     modality alone (that tower is not run and its result is None). Contexts are the instruction
     embeddings per tower, negatives the per-tower negative-prompt embeddings (the "no instruction"
@@ -157,6 +161,17 @@ def sample(
     source noised to the step's σ (the source itself at the end).
     Results are float32 on the sources' device.
     """
+    if conditioning is not None:
+        given = [f for f, v in (("video_source", video_source), ("audio_source", audio_source),
+                                ("video_context", video_context), ("audio_context", audio_context),
+                                ("video_negative", video_negative), ("audio_negative", audio_negative)) if v is not None]
+        if given:
+            raise TypeError(f"give the conditioning either as an EditConditioning or as keywords, not both ({', '.join(given)})")
+        if not isinstance(conditioning, EditConditioning):
+            raise TypeError(f"conditioning must be a samplers.EditConditioning, got {type(conditioning).__name__}")
+        c = conditioning
+        video_source, audio_source, video_context, audio_context, video_negative, audio_negative = (
+            c.video_source, c.audio_source, c.video_context, c.audio_context, c.video_negative, c.audio_negative)
     guidance = EditGuidance() if guidance is None else guidance
     if not isinstance(guidance, EditGuidance):
         raise TypeError(f"guidance must be an EditGuidance, got {type(guidance).__name__}")

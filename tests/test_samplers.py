@@ -492,3 +492,19 @@ def test_tiny_model_sampling_is_deterministic_and_batching_invariant():
         torch.testing.assert_close(x, z, rtol=1e-4, atol=1e-4)
     v, none = sample(model, **{k: t for k, t in inp.items() if k.startswith("video")}, steps=1, seed=11)
     assert none is None and v.shape == inp["video_source"].shape
+
+
+def test_one_conditioning_object_is_the_six_keywords():
+    """samplers.EditConditioning carries sources, contexts and negatives in one object; giving it and
+    the keywords at once is refused."""
+    from instructav2av.samplers import EditConditioning
+
+    inputs = _inputs()
+    by_keywords = sample(RecordingModel(), **inputs, steps=3, seed=7)
+    by_object = sample(RecordingModel(), EditConditioning(**inputs), steps=3, seed=7)
+    for a, b in zip(by_keywords, by_object):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="not both.*video_source"):
+        sample(RecordingModel(), EditConditioning(**inputs), video_source=inputs["video_source"], steps=3)
+    moved = EditConditioning(**inputs).to("meta")
+    assert all(t.device.type == "meta" for t in moved.as_kwargs().values() if t is not None)

@@ -430,7 +430,7 @@ class Trainer:
                 self._skip_logged = True
             return []
         from ..media import write_clip
-        from ..samplers import sample
+        from ..samplers import EditConditioning, sample
 
         folder = self.output_dir / "validation"
         folder.mkdir(parents=True, exist_ok=True)
@@ -444,11 +444,12 @@ class Trainer:
                     ctx = item.context[None].to(self.device)
                     neg = self.empty_context[None].to(self.device)
                     src = {m: getattr(item, f"source_{m}")[None].float().to(self.device) for m in ("video", "audio")}
+                    # only the stage's towers: the others are not run
+                    conditioning = EditConditioning(**{f"{m}_{k}": v for m in towers for k, v in
+                                                       (("source", src[m]), ("context", ctx), ("negative", neg))})
                     out_v, out_a = sample(
-                        self.model, steps=self.config.validation_steps, seed=self.config.validation_seed,
-                        cross_modal=self.config.cross_modal,
-                        **{f"{m}_{k}": v for m in towers for k, v in
-                           (("source", src[m]), ("context", ctx), ("negative", neg))})
+                        self.model, conditioning, steps=self.config.validation_steps,
+                        seed=self.config.validation_seed, cross_modal=self.config.cross_modal)
                     if not write:
                         continue
                     video = codecs.decode("video", out_v if out_v is not None else src["video"])
