@@ -15,6 +15,8 @@ import logging
 import shutil
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -260,12 +262,26 @@ def _load_bundle(config: TrainConfig, model_config: ModelConfig, device: torch.d
     return bundle
 
 
+@dataclass
+class Host:
+    """What the caller around a run decides (the ComfyUI Train node; the command takes the defaults):
+    the contexts that place the codecs while latents are cached and the model while it trains, the
+    caching progress, the modalities the cache holds, and the pairs when they are validated already."""
+
+    encoding: Callable[[], AbstractContextManager] = nullcontext
+    training: Callable[[], AbstractContextManager] = nullcontext
+    cache_progress: Callable[[int, int], None] | None = None
+    modalities: tuple[str, ...] = ("video", "audio")
+    pairs: PairSource | None = None
+
+
 def run_training(config: TrainConfig, bundle: EditorBundle | None = None, *, progress: ProgressFn | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> TrainResult:
+                 should_stop: Callable[[], bool] | None = None, host: Host | None = None) -> TrainResult:
     """Everything ``instructav2av train`` does after parsing: validate the data (raises with the full
     report), load the model and codecs (``bundle``: a ``pipeline.EditorBundle`` to use instead),
     build the latent cache, free the text encoder and park the codecs on the CPU (the accelerator
-    is training's alone), train. Returns the :class:`~.trainer.TrainResult`."""
+    is training's alone), train. Returns the :class:`~.trainer.TrainResult`. The Train node runs
+    this too, with its own ``host``."""
     from ..data.cache import Codecs, LatentCache
     from ..training.trainer import Trainer, init_distributed
 
@@ -276,40 +292,45 @@ def run_training(config: TrainConfig, bundle: EditorBundle | None = None, *, pro
         from ..training.checkpointing import check_new_run
 
         check_new_run(config.output_dir)  # before minutes of loading and caching
+    host = host or Host()
     rank, world = init_distributed()
-    pairs, report = check_dataset(config, bundle.config if bundle is not None else None)
-    report.raise_if_problems()
+    pairs = host.pairs
+    if pairs is None:
+        pairs, report = check_dataset(config, bundle.config if bundle is not None else None)
+        report.raise_if_problems()
     if bundle is None:
         device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else torch.device("cpu")
         bundle = _load_bundle(config, _model_config(config), device)
     codecs = Codecs.from_bundle(bundle)
     cache_dir = Path(config.cache_dir or Path(config.output_dir) / "cache")
-    cache = LatentCache(cache_dir, codecs)
-    if rank == 0:  # rank 0 encodes; the others wait, then find every file fresh
-        data = cache.build(pairs, progress=_cache_progress, should_stop=should_stop)
-    if world > 1:
-        torch.distributed.barrier()
-    if rank != 0:
-        data = cache.build(pairs)
-    validation = []
-    if config.validate_every:
-        vdata = data
-        if config.validation_data:
-            from ..data.pairs import open_pairs, validate_pairs
+    cache = LatentCache(cache_dir, codecs, modalities=host.modalities)
+    with host.encoding():
+        if rank == 0:  # rank 0 encodes; the others wait, then find every file fresh
+            data = cache.build(pairs, progress=host.cache_progress or _cache_progress, should_stop=should_stop)
+        if world > 1:
+            torch.distributed.barrier()
+        if rank != 0:
+            data = cache.build(pairs)
+        validation = []
+        if config.validate_every:
+            vdata = data
+            if config.validation_data:
+                from ..data.pairs import open_pairs, validate_pairs
 
-            vpairs = open_pairs(config.validation_data, pairs.windowing)
-            validate_pairs(vpairs).raise_if_problems()
-            vdata = LatentCache(cache_dir / "validation", codecs).build(vpairs)
-        validation = [vdata.item(i, 0) for i in range(min(config.validation_count, len(vdata)))]
-    empty = cache.empty_prompt()
+                vpairs = open_pairs(config.validation_data, pairs.windowing)
+                validate_pairs(vpairs).raise_if_problems()
+                vdata = LatentCache(cache_dir / "validation", codecs).build(vpairs)
+            validation = [vdata.item(i, 0) for i in range(min(config.validation_count, len(vdata)))]
+        empty = cache.empty_prompt()
     # Everything is encoded: the text encoder (umT5: 11 GB in bf16) and the VAEs would only take
     # accelerator memory from training. The codecs come back for validation edits only.
     codecs.offload()
     bundle.text_encoder = None
-    trainer = Trainer(bundle.model, config, data, empty_context=empty, validation=validation,
-                      codecs=codecs, progress=progress if progress is not None else (_progress if rank == 0 else None),
-                      should_stop=should_stop)
-    return trainer.train()
+    with host.training():
+        trainer = Trainer(bundle.model, config, data, empty_context=empty, validation=validation, codecs=codecs,
+                          progress=progress if progress is not None else (_progress if rank == 0 else None),
+                          should_stop=should_stop)
+        return trainer.train()
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -344,5 +365,5 @@ def _progress(step: int, total: int, loss: float, eta: float) -> None:
         logger.info("%d/%d (%.0f%%) loss %.5f, %.0f min left", step, total, 100 * step / total, loss, eta / 60)
 
 
-__all__ = ["register", "config_from_args", "check_dataset", "check_outputs_apart", "check_files", "run_training",
+__all__ = ["register", "config_from_args", "check_dataset", "check_outputs_apart", "check_files", "run_training", "Host",
            "standin_bundle", "STANDIN_PRESETS"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,10 +254,10 @@ class Train:
               dataset: Dataset, stage, method, lora_rank, learning_rate, steps, batch_size, grad_accum, seed,
               gradient_checkpointing, checkpoint_every, run_name, resume, init_adapter=NONE, init_adapter_2=NONE,
               base_precision="bf16"):
-        from ..data.cache import Codecs, LatentCache
+        from ..cli.train import Host, run_training
+        from ..editing.bundle import EditorBundle
         from ..training.config import config_from_dict
         from ..training.logs import plot_loss
-        from ..training.trainer import Trainer
         from ..weights.dit import load_model
 
         run_dir = paths.writable_folder(comfy_env.runs_dir(), run_name, "run_name")  # under output, no link out
@@ -274,6 +275,9 @@ class Train:
             "learning_rate": learning_rate, "steps": steps, "batch_size": batch_size, "grad_accum": grad_accum,
             "seed": seed, "gradient_checkpointing": gradient_checkpointing, "checkpoint_every": checkpoint_every,
             "init_adapters": inits, "output_dir": str(run_dir), "resume": "latest" if resume else "",
+            # one cache for all runs (entries are checked against each pair's fingerprint), so a new run on
+            # the same data skips encoding
+            "cache_dir": str(comfy_env.runs_dir() / CACHE_FOLDER),
             "base_precision": "fp8" if base_precision == FP8_BASE else "bf16",
         })
         base_path = comfy_env.model_path("diffusion_models", base_model)
@@ -288,27 +292,32 @@ class Train:
                 model, info = load_model(base_path, editor=True, dtype=DTYPES[base_precision],
                                          device=comfy_env.offload_device())
             encoder = text_encoder.get()
-            try:
-                with comfy_env.on_compute_device(video_vae.codec, audio_vae.codec, encoder):
-                    codecs = Codecs(video_vae.codec, audio_vae.codec, encoder, fps=info.config.fps,
-                                    sample_rate=info.config.sample_rate, device=device)
-                    # one cache for all runs (entries are checked against each pair's fingerprint), so a
-                    # new run on the same data skips encoding
-                    cache = LatentCache(comfy_env.runs_dir() / CACHE_FOLDER, codecs, modalities=config.towers)
-                    with comfy_env.Progress(len(dataset.pairs), "caching latents") as bar:
-                        data = cache.build(dataset.pairs, progress=lambda done, total: bar.update(done),
-                                           should_stop=comfy_env.interrupted)
-                    empty = cache.empty_prompt()
-            finally:
-                text_encoder.release()
-                del encoder
-                comfy_env.free_memory()
-            with comfy_env.Progress(steps, "training") as bar, comfy_env.on_compute_device(model):
-                trainer = Trainer(model, config, data, empty_context=empty,
-                                  progress=lambda step, total, loss, eta: bar.update(step),
-                                  should_stop=comfy_env.interrupted)
-                result = trainer.train()
-            del model, trainer
+            # Codecs in float32 unless they say otherwise; the editor's own dtype is the loaded one.
+            bundle = EditorBundle(model, video_vae.codec, audio_vae.codec, encoder, info.config, device=device,
+                                  dtype=torch.float32)
+            bars: dict[str, comfy_env.Progress] = {}
+
+            @contextmanager
+            def encoding():  # the codecs and the text encoder on the GPU only while caching, then freed
+                try:
+                    with comfy_env.on_compute_device(video_vae.codec, audio_vae.codec, bundle.text_encoder), \
+                            comfy_env.Progress(len(dataset.pairs), "caching latents") as bars["cache"]:
+                        yield
+                finally:
+                    text_encoder.release()
+                    comfy_env.free_memory()
+
+            @contextmanager
+            def training():
+                with comfy_env.Progress(steps, "training") as bars["train"], comfy_env.on_compute_device(bundle.model):
+                    yield
+
+            host = Host(encoding=encoding, training=training, pairs=dataset.pairs, modalities=config.towers,
+                        cache_progress=lambda done, total: bars["cache"].update(done))
+            del encoder, model
+            result = run_training(config, bundle, host=host, should_stop=comfy_env.interrupted,
+                                  progress=lambda step, total, loss, eta: bars["train"].update(step))
+            bundle = None  # the model goes before the product is published
             comfy_env.free_memory()
         if result.stopped:
             logger.info("training stopped at step %d; checkpoint %s (set resume to continue)", result.steps,
