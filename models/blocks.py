@@ -8,6 +8,8 @@ float32 inside PyTorch's kernels); only RoPE and the SIGA gate use float32 inter
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,6 +55,16 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, (self.dim,), w, b, self.eps)
 
 
+@dataclass
+class TokenTime:
+    """Per-token time conditioning stored once per distinct timestep: token n of sample b uses
+    ``table[index[b, n]]``. A clean prefix and a noisy rest are two rows, not N copies (Ovi keeps
+    one row per token: [B, N, 6, dim], which at 720p is a gigabyte in bf16)."""
+
+    table: torch.Tensor  # [K, ...]
+    index: torch.Tensor  # [B, N] long
+
+
 class Modulation(nn.Module):
     """Learnt offsets added to the time projection; the parameter is named ``modulation`` (Ovi)."""
 
@@ -60,8 +72,15 @@ class Modulation(nn.Module):
         super().__init__()
         self.modulation = nn.Parameter(torch.randn(1, count, dim) / dim**0.5)
 
-    def forward(self, e: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``e`` [B, count, dim] -> ``count`` tensors [B, 1, dim], ready to broadcast over tokens."""
+    def forward(self, e: torch.Tensor | TokenTime) -> tuple[torch.Tensor, ...]:
+        """``e`` [B, count, dim] -> ``count`` tensors [B, 1, dim], ready to broadcast over tokens.
+
+        Per-token time (a :class:`TokenTime`) -> ``count`` tensors [B, N, dim]: the offsets are added
+        once per distinct timestep, then gathered per token.
+        """
+        if isinstance(e, TokenTime):
+            table = self.modulation.to(device=e.table.device, dtype=e.table.dtype)[0] + e.table  # [K, count, dim]
+            return table[e.index].unbind(2)
         return (self.modulation.to(device=e.device, dtype=e.dtype) + e).unsqueeze(2).unbind(1)
 
 
@@ -241,8 +260,11 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """``x`` [B, N, dim], ``e`` (time embedding) [B, dim]."""
-        shift, scale = (self.modulation.to(device=e.device, dtype=e.dtype) + e.unsqueeze(1)).unsqueeze(2).unbind(1)
+        """``x`` [B, N, dim], ``e`` (time embedding) [B, dim], or [B, N, dim] per token."""
+        if e.dim() == 3:  # per-token time: [1, 1, 2, dim] + [B, N, 1, dim] -> two [B, N, dim]
+            shift, scale = (self.modulation.to(device=e.device, dtype=e.dtype).unsqueeze(0) + e.unsqueeze(2)).unbind(2)
+        else:
+            shift, scale = (self.modulation.to(device=e.device, dtype=e.dtype) + e.unsqueeze(1)).unsqueeze(2).unbind(1)
         return self.head(torch.addcmul(shift, self.norm(x), 1 + scale))
 
 
@@ -292,6 +314,7 @@ __all__ = [
     "RMSNorm",
     "LayerNorm",
     "Modulation",
+    "TokenTime",
     "SelfAttention",
     "CrossAttention",
     "Block",

@@ -8,8 +8,10 @@ embeddings and Source-Instruction Gated Attention (SIGA) in every block of both 
 
 Differences from Ovi's code that do not change the maths: inputs are batched tensors instead
 of lists, the timestep embedding is computed once per sample instead of once per token (Ovi
-broadcasts the same per-sample value to every token), and the RoPE tables are computed per
-forward in float64 -> complex64 instead of being kept as float64 attributes.
+broadcasts the same per-sample value to every token) or, with per-token timesteps (a clean
+prefix, Ovi's ``first_frame_is_clean``), once per distinct value and gathered per token, and the
+RoPE tables are computed per forward in float64 -> complex64 instead of being kept as float64
+attributes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import siga
 from .attention import backend_name
-from .blocks import AudioPatchEmbedding, Block, Head, sinusoidal_embedding
+from .blocks import AudioPatchEmbedding, Block, Head, TokenTime, sinusoidal_embedding
 from .configs import ModelConfig, TowerConfig
 from .ops import cast_params, get_ops
 from .rope import audio_rope, video_rope
@@ -63,8 +65,17 @@ class WanTower(nn.Module):
         self.head = Head(dim, math.prod(c.patch_size) * c.out_dim, c.eps, ops)
 
     # -- embeddings ----------------------------------------------------------------------------
-    def embed_time(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Timestep [B] (1000 = noise) -> (e [B, dim] for the head, e0 [B, 6, dim] for the blocks)."""
+    def embed_time(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | TokenTime]:
+        """Timestep [B] (1000 = noise) -> (e [B, dim] for the head, e0 [B, 6, dim] for the blocks).
+
+        Per-token timesteps [B, N] -> (e [B, N, dim], e0 as a :class:`TokenTime`): the embedding
+        runs once per distinct value (a clean prefix and a noisy rest are two rows).
+        """
+        if t.dim() == 2:
+            values, index = torch.unique(t, return_inverse=True)
+            e = self.time_embedding(sinusoidal_embedding(values, self.config.freq_dim).to(dtype))
+            e0 = self.time_projection(e).unflatten(1, (6, self.config.dim))
+            return e[index], TokenTime(e0, index)
         e = self.time_embedding(sinusoidal_embedding(t, self.config.freq_dim).to(dtype))
         return e, self.time_projection(e).unflatten(1, (6, self.config.dim))
 
@@ -134,7 +145,7 @@ class _Stream:
     grid: tuple[int, ...]
     rope: torch.Tensor
     e: torch.Tensor
-    e0: torch.Tensor
+    e0: torch.Tensor | TokenTime
     context: torch.Tensor
     context_counts: torch.Tensor | None
     source: torch.Tensor | None
@@ -245,6 +256,9 @@ class AVEditorDiT(nn.Module):
         cross_modal: bool = True,
         skip_layers: Iterable[int] = (),
         return_gates: bool = False,
+        video_timestep: torch.Tensor | None = None,
+        audio_timestep: torch.Tensor | None = None,
+        first_frame_is_clean: bool = False,
     ):
         """Predict the flow velocity ``v = noise - x0`` for both modalities.
 
@@ -256,6 +270,12 @@ class AVEditorDiT(nn.Module):
         (stage-1 training); ``skip_layers`` skips those fused blocks in both towers (skip-layer
         guidance; unlike Ovi, whose single-tower path ignores it, it applies whenever a tower
         runs); ``return_gates`` (editor mode) also returns the SIGA gates.
+
+        Per-token timesteps: ``video_timestep`` [B, Nv] (Nv = F'·H'·W' tokens after patchify,
+        frame-major, as the tokens are flattened) and/or ``audio_timestep`` [B, La] replace
+        ``timestep`` for that tower; a clean prefix has 0 there (see :func:`prefix_timesteps`).
+        ``first_frame_is_clean`` is Ovi's image-to-video switch: the video tokens of the first
+        latent frame get timestep 0, the rest ``timestep`` (audio untouched).
 
         Returns ``(video_pred, audio_pred)`` (None for an absent modality), plus with
         ``return_gates`` a dict ``{"video": [B, layers, Nv, heads], "audio": [B, layers, La, heads]}``
@@ -277,6 +297,9 @@ class AVEditorDiT(nn.Module):
         skip = self._check_skip(skip_layers)
         dtype = self.compute_dtype
         timestep = self._check_timestep(timestep, batch).to(inputs[present[0]][0].device)
+        token_t = {"video": video_timestep, "audio": audio_timestep}
+        if first_frame_is_clean and video_timestep is not None:
+            raise ValueError("give either first_frame_is_clean=True or video_timestep, not both")
 
         streams: dict[str, _Stream] = {}
         xs: dict[str, torch.Tensor] = {}
@@ -288,7 +311,12 @@ class AVEditorDiT(nn.Module):
             if self.editor:
                 src = torch.zeros_like(x) if src is None else src.to(dtype)
             xs[m], src_tokens, grid = tower.embed_tokens(x, src)
-            e, e0 = tower.embed_time(timestep, dtype)
+            t_m = token_t[m]
+            if m == "video" and first_frame_is_clean:
+                t_m = prefix_timesteps(timestep, xs[m].shape[1], math.prod(grid[1:]))
+            if t_m is not None:
+                t_m = self._check_token_timestep(m, t_m, batch, xs[m].shape[1]).to(x.device)
+            e, e0 = tower.embed_time(timestep if t_m is None else t_m, dtype)
             streams[m] = _Stream(
                 tower, grid, tower.rope(grid, x.device), e, e0, *tower.embed_text(ctx.to(dtype)), src_tokens
             )
@@ -375,6 +403,18 @@ class AVEditorDiT(nn.Module):
             )
         return t
 
+    @staticmethod
+    def _check_token_timestep(m: str, t: torch.Tensor, batch: int, tokens: int) -> torch.Tensor:
+        t = torch.as_tensor(t)
+        if t.shape != (batch, tokens):
+            raise ValueError(
+                f"{m}_timestep must be per token, shape [B, N]=[{batch}, {tokens}] ({m} tokens after patchify), "
+                f"got {tuple(t.shape)}"
+            )
+        if not t.is_floating_point() or not torch.isfinite(t).all() or (t < 0).any():
+            raise ValueError(f"{m}_timestep must hold finite timesteps >= 0 (Ovi units, 0 = clean, 1000 = noise)")
+        return t
+
     def _check_inputs(self, m, c: TowerConfig, x, ctx, src, batch) -> None:
         if m == "video":
             ok = (
@@ -416,6 +456,16 @@ class AVEditorDiT(nn.Module):
         if ref is None:
             return None
         return torch.stack([torch.full_like(ref, float("nan")) if g is None else g for g in layers], dim=1)
+
+
+def prefix_timesteps(timestep: torch.Tensor, tokens: int, clean_tokens: int) -> torch.Tensor:
+    """Per-token timesteps [B, tokens]: the first ``clean_tokens`` tokens 0 (clean), the rest ``timestep`` [B]."""
+    if not 0 <= clean_tokens <= tokens:
+        raise ValueError(f"clean_tokens must be in [0, {tokens}], got {clean_tokens}")
+    t = torch.as_tensor(timestep, dtype=torch.float32)
+    t = t.reshape(-1, 1).expand(t.numel(), tokens).clone()
+    t[:, :clean_tokens] = 0.0
+    return t
 
 
 # -- Ovi -> editor conversion --------------------------------------------------------------------
@@ -488,4 +538,5 @@ __all__ = [
     "GATE_INIT_BIAS",
     "editor_state_dict_from_base",
     "init_editor_from_base",
+    "prefix_timesteps",
 ]

@@ -315,5 +315,25 @@ def reference_mmaudio() -> tuple[dict[str, torch.Tensor], dict]:
     return out, meta
 
 
+def reference_dit_clean_first_frame() -> tuple[dict[str, torch.Tensor], dict]:
+    """Ovi's image-to-video mode (``first_frame_is_clean``: the first latent frame's video tokens at t = 0),
+    fused and video tower alone, fp32; the weights and inputs are ``ovi_dit``'s (same rule, same seed)."""
+    from ovi_reference import build_reference_fusion_model, ovi_tower_configs, run_reference
+
+    video_cfg, audio_cfg = ovi_tower_configs(dit_config())
+    ref32 = build_reference_fusion_model(video_cfg, audio_cfg, precision="fp32")
+    manifest = manifest_of(ref32.state_dict())
+    ref32.load_state_dict(build_state(manifest, dit_rule), strict=True)
+    x = dit_inputs()
+    args = [x[k] for k in ("video", "audio", "timestep", "video_context", "audio_context")]
+    fused = run_reference(ref32, *args, first_frame_is_clean=True)
+    video_only = run_reference(ref32, args[0], None, args[2], args[3], None, first_frame_is_clean=True)[0]
+    plain = run_reference(ref32, *args)
+    assert rel(fused[0], plain[0]) > 1e-3, "the clean first frame should change the output"
+    out = {f"in.{k}": v for k, v in x.items()}
+    out.update({"out.video": fused[0], "out.audio": fused[1], "out.video_only": video_only})
+    return out, dict(case="ovi_dit_clean_first_frame", overrides=DIT_OVERRIDES, manifest=manifest)
+
+
 REFERENCE_CASES = {"ovi_dit": reference_dit, "wan_vae": reference_wan_vae, "wan_t5": reference_wan_t5,
-                   "mmaudio": reference_mmaudio}
+                   "mmaudio": reference_mmaudio, "ovi_dit_clean_first_frame": reference_dit_clean_first_frame}

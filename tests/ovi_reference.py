@@ -297,6 +297,7 @@ def run_reference(
     *,
     slg_layer: int = 0,
     pad_tokens: int = 0,
+    first_frame_is_clean: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Ovi's forward on our batched layouts; returns ``(video [B, C, F, H, W], audio [B, L, C])``.
 
@@ -304,6 +305,7 @@ def run_reference(
     makes Ovi pad both token sequences by that many slots (its ``seq_len`` argument), which
     exercises the key-length masking; the outputs are unaffected by it in exact arithmetic.
     ``slg_layer`` > 0 skips that fused block (Ovi ignores 0).
+    ``first_frame_is_clean`` is Ovi's image-to-video switch (the first latent frame's video tokens at t = 0).
     """
     dtype = next(model.parameters()).dtype
     vid = aud = vid_len = aud_len = vctx = actx = None
@@ -316,7 +318,8 @@ def run_reference(
         aud = list(audio.to(dtype).unbind(0))
         aud_len = audio.shape[1] + pad_tokens
         actx = list(audio_context.to(dtype).unbind(0))
-    v_out, a_out = model(vid, aud, timestep, vctx, actx, vid_len, aud_len, slg_layer=slg_layer)
+    v_out, a_out = model(vid, aud, timestep, vctx, actx, vid_len, aud_len, slg_layer=slg_layer,
+                         first_frame_is_clean=first_frame_is_clean)
     stack = lambda xs: None if xs is None else torch.stack(xs)  # noqa: E731
     return stack(v_out), stack(a_out)
 

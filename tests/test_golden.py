@@ -251,3 +251,18 @@ def test_mmaudio_bf16_error_is_mmaudios_own(mmaudio):
         assert maxabs(ours, truth) <= BF16_FACTOR * own[name], (
             f"bf16 {name}: {maxabs(ours, truth):.3e} from the fp32 truth, MMAudio's own bf16 error {own[name]:.3e}"
         )
+
+
+def test_ovi_clean_first_frame_fp32():
+    """Ovi's image-to-video mode (first latent frame clean: a per-token timestep), fused and video alone."""
+    tensors, meta = load_case("ovi_dit_clean_first_frame")
+    ours = AVEditorDiT(dit_config(), editor=False).eval()
+    ours.load_state_dict(build_state(meta["manifest"], dit_rule), strict=True)
+    inputs = {k.removeprefix("in."): v for k, v in tensors.items() if k.startswith("in.")}
+    video, audio = _run(ours, inputs, first_frame_is_clean=True)
+    _close("video, first frame clean", video, tensors["out.video"])
+    _close("audio, first frame clean", audio, tensors["out.audio"])
+    video, _ = _run(ours, inputs, audio=False, first_frame_is_clean=True)
+    _close("video alone, first frame clean", video, tensors["out.video_only"])
+    plain, _ = _run(ours, inputs)
+    assert rel(plain, tensors["out.video"]) > 1e-3  # the case is discriminative
