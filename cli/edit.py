@@ -77,7 +77,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     mk = parser.add_argument_group("preservation mask (both modes)")
     mk.add_argument("--mask", help="image or video, white = may change; outside it the source is kept exactly "
                                    "(stretched over the edited frame; a video mask of another length is resampled)")
-    mk.add_argument("--audio-ranges", help='seconds of the edited clip whose sound may change, e.g. "0.5-1.5, 3-4"; '
+    mk.add_argument("--audio-ranges", help='seconds of the source whose sound may change, e.g. "0.5-1.5, 3-4"; '
                                            "outside them the source sound is kept")
     mk.add_argument("--feather", type=int, default=1, help="latent cells of soft edge inside the mask (default 1)")
 

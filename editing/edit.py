@@ -124,7 +124,7 @@ def edit(
     ``overwrite``). ``progress(stage, done, total)`` reports each stage and every sampling step;
     ``should_cancel()`` is asked between stages and before every step, and a True answer raises
     :class:`EditCancelled` without writing anything. ``mask`` (``[H, W]``/``[T, H, W]``, 1 = may
-    change) and ``audio_ranges`` (seconds in the edited clip) fence the edit: outside them the source is
+    change) and ``audio_ranges`` (source seconds) fence the edit: outside them the source is
     kept (:mod:`.masking`; ``feather`` latent cells of soft edge inside the mask).
     """
     d = bundle.defaults

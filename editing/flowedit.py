@@ -102,7 +102,7 @@ def flowedit_edit(
     ``edit_modality``: ``"both"``, ``"video"`` or ``"audio"`` (the other stays the source's latent
     exactly). ``settings``: windows and scales (default: :class:`FlowEditSettings` with the preset's
     skip-layer guidance). ``mask`` (``[H, W]``/``[T, H, W]``, 1 = may change) and ``audio_ranges``
-    (seconds in the edited clip): outside them the source is kept. The rest as :func:`.edit.edit`.
+    (source seconds): outside them the source is kept. The rest as :func:`.edit.edit`.
     """
     if bundle.mode != "base":
         raise ValueError("FlowEdit needs a bundle in base mode (plain Ovi): load_bundle(..., mode='base'); "

@@ -5,7 +5,7 @@ The mask is read in the source's framing and stretched over the conformed frame 
 of a source of another aspect ratio the edges are off by the crop: draw the mask on the conformed clip
 for exact fences). A mask with the clip's pixel frame count is used frame by frame; one of another
 length is resampled over the real (unpadded) frames and logged; one frame holds for every frame.
-Audio time ranges are seconds from the edited clip's start.
+Audio time ranges are seconds of the source (an edit from ``--start`` shifts them onto its clip).
 """
 
 from __future__ import annotations
@@ -82,6 +82,56 @@ def _fit_length(mask: torch.Tensor, clip: ConformedClip) -> torch.Tensor:
     return mask[idx]
 
 
+def window_preserve_mask(
+    window,
+    video_latent: torch.Tensor | None,
+    audio_latent: torch.Tensor | None,
+    *,
+    fps: float,
+    temporal_factor: int,
+    sample_rate: int,
+    mask: torch.Tensor | None = None,
+    source_fps: float | None = None,
+    audio_ranges: TimeRanges | None = None,
+    feather: int = DEFAULT_FEATHER,
+) -> PreserveMask | None:
+    """The mask of one window of a (possibly windowed) edit (a :class:`~.windows.Window`).
+
+    ``mask``: ``[T, H, W]`` over the *source's* frames at ``source_fps`` (one frame: every frame; no
+    ``source_fps``: its frames are spread over the window); ``audio_ranges``: source seconds. A window
+    the fence leaves out is kept whole.
+    """
+    if mask is None and not audio_ranges:
+        return None
+    frames = None
+    if mask is not None:
+        m = mask.detach().float().cpu()
+        m = m[None] if m.dim() == 2 else m
+        if m.dim() != 3:
+            raise ValueError(f"the mask must be [H, W] or [frames, H, W] (ComfyUI MASK), got shape {tuple(mask.shape)}")
+        if m.shape[0] == 1:
+            frames = m
+        else:
+            t = window.start + torch.arange(window.num_frames, dtype=torch.float64) / float(fps)
+            if source_fps:
+                idx = torch.floor(t * float(source_fps) + 1e-6).long()
+            else:
+                logger.info("the mask has %d frames; no source frame rate known: spread over the window", m.shape[0])
+                idx = (torch.arange(window.num_frames) * m.shape[0] // window.num_frames).long()
+            frames = m[idx.clamp_(0, m.shape[0] - 1)]
+    ranges = None
+    if audio_ranges:
+        ranges = [(max(0.0, a - window.start), b - window.start) for a, b in audio_ranges if b > window.start]
+    preserve = build_preserve_mask(
+        video_mask=frames, audio_ranges=ranges or None, video_latent=video_latent, audio_latent=audio_latent,
+        num_frames=window.num_frames, temporal_factor=temporal_factor,
+        duration=window.num_samples / sample_rate, feather=feather, allow_empty=True,
+    )
+    if preserve is None and audio_ranges and audio_latent is not None:  # no range reaches this window
+        preserve = PreserveMask(audio=torch.zeros(1, audio_latent.shape[1], 1), allow_empty=True)
+    return preserve
+
+
 def clip_preserve_mask(
     bundle: EditorBundle,
     clip: ConformedClip,
@@ -100,6 +150,9 @@ def clip_preserve_mask(
             raise TypeError(f"the mask must be a tensor [H, W] or [frames, H, W], got {type(mask).__name__}")
         mask = _fit_length(mask.detach().float().cpu(), clip)
     duration = clip.audio.shape[-1] / clip.sample_rate
+    if audio_ranges:  # source seconds -> seconds of the edited clip
+        audio_ranges = [(max(0.0, a - clip.start), b - clip.start) for a, b in audio_ranges if b > clip.start] \
+            or [(duration, duration + 1.0)]  # none reaches the clip: an all-zero audio mask, refused below
     preserve = build_preserve_mask(
         video_mask=mask, audio_ranges=audio_ranges, video_latent=video_latent, audio_latent=audio_latent,
         num_frames=clip.num_frames, temporal_factor=bundle.video_codec.temporal_factor, duration=duration,
@@ -112,4 +165,4 @@ def clip_preserve_mask(
                         audio=None if preserve.audio is None else preserve.audio.to(dev))
 
 
-__all__ = ["check_mask_input", "clip_preserve_mask", "load_mask_file", "IMAGE_SUFFIXES"]
+__all__ = ["check_mask_input", "clip_preserve_mask", "window_preserve_mask", "load_mask_file", "IMAGE_SUFFIXES"]

@@ -58,12 +58,13 @@ def encode_window(bundle: EditorBundle, clip: Clip, start: float, *, fit: str = 
 
 def sample_window(model: torch.nn.Module, window: Window, text: InstructionEmbeddings, *, device: torch.device,
                   steps: int, shift: float, solver: str, seed: int, guidance: EditGuidance, denoise: float,
-                  batch_guidance: bool = True, callback=None, should_cancel=None) -> tuple[torch.Tensor, torch.Tensor]:
+                  batch_guidance: bool = True, callback=None, should_cancel=None,
+                  preserve=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Edit one window's latents (see :func:`~.samplers.sample`); the result stays on ``device``."""
     return sample(
         model, text.conditioning(window.video.to(device), window.audio.to(device)), steps=steps, shift=shift, solver=solver, seed=seed,
         guidance=guidance, denoise=denoise, batch_guidance=batch_guidance, callback=callback,
-        should_cancel=should_cancel,
+        should_cancel=should_cancel, preserve=preserve,
     )
 
 

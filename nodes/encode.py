@@ -42,13 +42,17 @@ ALL_WINDOWS = "all windows"
 
 
 def make_bundle(model: ModelHandle, video_vae: VideoVAEHandle, audio_vae: AudioVAEHandle, instruction: Instruction | None,
-                device: torch.device):
-    """An :class:`~..pipeline.EditorBundle` over handles (it checks that codecs and model fit together)."""
+                device: torch.device, mode: str | None = None):
+    """An :class:`~..pipeline.EditorBundle` over handles (it checks that codecs and model fit together).
+
+    ``mode``: "editor" or "base" (a sampler says which it needs); None = whichever the model is."""
     from ..editing.bundle import EditorBundle
 
+    if mode is None:
+        mode = "editor" if getattr(model.model, "editor", True) is not False else "base"
     encoder = PrecomputedEncoder(instruction or Instruction("", "", "", {}))
     return EditorBundle(model.model, video_vae.codec, audio_vae.codec, encoder, model.config, device=device,
-                        dtype=model.dtype, defaults=model.defaults, name=model.name)
+                        dtype=model.dtype, defaults=model.defaults, name=model.name, mode=mode)
 
 
 class InstructionEncode:
@@ -203,7 +207,7 @@ class SourceEncode:
                 windows.append(encode_window(bundle, clip, start, fit=fit, out=out))
                 bar.update(k + 1)
         return (SourceLatents(windows=windows, fps=spec.fps, sample_rate=spec.sample_rate, model=model,
-                              video_vae=video_vae, audio_vae=audio_vae),)
+                              video_vae=video_vae, audio_vae=audio_vae, source_fps=float(fps)),)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -28,6 +28,7 @@ VIDEO_VAE = "IAV2AV_VIDEO_VAE"
 AUDIO_VAE = "IAV2AV_AUDIO_VAE"
 TEXT_ENCODER = "IAV2AV_TEXT_ENCODER"
 INSTRUCTION = "IAV2AV_INSTRUCTION"
+DESCRIPTIONS = "IAV2AV_DESCRIPTIONS"
 SOURCE = "IAV2AV_SOURCE"
 LATENTS = "IAV2AV_LATENTS"
 
@@ -116,6 +117,22 @@ class Instruction:
     encoder_name: str = ""
 
 
+@dataclass
+class Descriptions:
+    """``IAV2AV_DESCRIPTIONS``: FlowEdit's source and target descriptions, negatives and their embeddings."""
+
+    source: str
+    target: str
+    video_negative: str
+    audio_negative: str
+    embeddings: dict[str, torch.Tensor]
+    encoder_name: str = ""
+
+    def as_instruction(self) -> Instruction:
+        """The same texts as an :class:`Instruction` (the target), so the pipeline's encoders answer from them."""
+        return Instruction(self.target, self.video_negative, self.audio_negative, self.embeddings, self.encoder_name)
+
+
 class PrecomputedEncoder:
     """An :class:`~..pipeline.InstructionEncoder` answering from embeddings computed earlier."""
 
@@ -139,6 +156,7 @@ class SourceLatents:
     model: ModelHandle  # the editor whose preset the source was conformed to
     video_vae: VideoVAEHandle  # the codecs that made the latents (the sampler checks them against the model)
     audio_vae: AudioVAEHandle
+    source_fps: float | None = None  # frame rate of the source IMAGE batch (maps a MASK's frames to windows)
 
     @property
     def config(self) -> ModelConfig:
@@ -168,6 +186,8 @@ __all__ = [
     "AUDIO_VAE",
     "TEXT_ENCODER",
     "INSTRUCTION",
+    "DESCRIPTIONS",
+    "Descriptions",
     "SOURCE",
     "LATENTS",
     "ModelHandle",

@@ -105,11 +105,16 @@ class ModelLoader:
                                                  "shapes)."},
                 ),
             },
-            "optional": {**_adapter_inputs(1), **_adapter_inputs(2), **DOWNLOAD_INPUT},
+            "optional": {**_adapter_inputs(1), **_adapter_inputs(2), **DOWNLOAD_INPUT,
+                         "mode": (["editor", "base"],
+                                  {"default": "editor",
+                                   "tooltip": "editor: the InstructAV2AV editor for the Sampler. base: Ovi as it is, "
+                                              "for the FlowEdit Sampler (training-free editing with Ovi's own "
+                                              "model.safetensors; an editor file is refused)."})},
         }
 
     def load(self, model_name, precision, attention, preset, adapter_1=NONE, adapter_1_strength=1.0,
-             adapter_2=NONE, adapter_2_strength=1.0, download_missing=False):
+             adapter_2=NONE, adapter_2_strength=1.0, download_missing=False, mode="editor"):
         from ..editing.bundle import apply_adapters
         from ..weights.dit import load_model
 
@@ -126,11 +131,13 @@ class ModelLoader:
             kwargs = dict(dtype=torch.bfloat16, ops="cast", weight_dtype=torch.float8_e4m3fn)
         else:
             kwargs = dict(dtype=DTYPES[precision])
-        model, info = load_model(path, preset=None if preset == AUTO else preset, editor=True,
+        if mode not in ("editor", "base"):
+            raise ValueError(f"mode must be 'editor' or 'base', got {mode!r}")
+        model, info = load_model(path, preset=None if preset == AUTO else preset, editor=mode == "editor",
                                  device=comfy_env.offload_device(), **kwargs)
         if adapters:
             apply_adapters(model, adapters)
-        elif not info.editor:
+        elif not info.editor and mode == "editor":
             logger.warning("%s holds Ovi's base weights: the editor's new layers are untrained, so it will "
                            "generate rather than edit; add a trained adapter", path.name)
         handle = ModelHandle(model=model, config=info.config, name=path.name, dtype=kwargs["dtype"],

@@ -56,6 +56,49 @@ def use_attention(model: ModelHandle) -> None:
         set_backend(model.attention)
 
 
+MASK_INPUTS = {
+    "mask": ("MASK", {"tooltip": "Preservation mask from any segmentation node (white = may change): outside it "
+                                 "every frame keeps the source exactly. Resized to the latent grid and the clip's "
+                                 "length (logged); one frame holds for all."}),
+    "audio_ranges": ("STRING", {"default": "", "tooltip": "Seconds of the source whose sound may change, e.g. "
+                                                          "'0.5-1.5, 3-4'; outside them the source sound is kept. "
+                                                          "Empty = all of it may change."}),
+    "feather": ("INT", {"default": 1, "min": 0, "max": 16, "tooltip": "Latent cells of soft edge inside the mask "
+                                                                      "(outside stays exact)."}),
+}
+
+
+def window_masks(source: SourceLatents, mask, audio_ranges: str, feather: int):
+    """``masks(k, device)``: the preservation mask of window ``k`` (None without mask and ranges).
+
+    Everything cheap is checked now, before sampling: the ranges' text, an all-zero MASK."""
+    from ..editing.masking import check_mask_input, window_preserve_mask
+    from ..samplers.masks import parse_time_ranges
+
+    ranges = parse_time_ranges(audio_ranges or "")
+    check_mask_input(mask, ranges)
+    if ranges and not any(b > w.start and a < w.start + w.num_samples / source.sample_rate
+                          for a, b in ranges for w in source.windows):
+        raise ValueError(f"audio_ranges {audio_ranges!r} lie outside the edited part of the source "
+                         f"({source.windows[0].start:.2f}-{source.windows[0].start + source.duration:.2f} s): "
+                         "nothing can change")
+    temporal = source.video_vae.codec.temporal_factor
+
+    def masks(k: int, device):
+        w = source.windows[k]
+        preserve = window_preserve_mask(w, w.video, w.audio, fps=float(source.fps), temporal_factor=temporal,
+                                        sample_rate=source.sample_rate, mask=mask, source_fps=source.source_fps,
+                                        audio_ranges=ranges, feather=feather)
+        if preserve is None:
+            return None
+        from ..samplers.masks import PreserveMask
+
+        return PreserveMask(video=None if preserve.video is None else preserve.video.to(device),
+                            audio=None if preserve.audio is None else preserve.audio.to(device), allow_empty=True)
+
+    return masks
+
+
 def _scale(default: float, what: str) -> tuple:
     return ("FLOAT", {"default": default, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": what})
 
@@ -111,13 +154,15 @@ class Sampler:
                                                           "(faster; off = less memory, same result)."}),
                 "preview": ("BOOLEAN", {"default": True, "tooltip": "Show the edited video forming on the node "
                                                                     "(a cheap estimate, not the VAE decode)."}),
+                **MASK_INPUTS,
             },
         }
 
     def sample(self, model: ModelHandle, instruction: Instruction, source: SourceLatents, seed: int, steps: int,
                shift: float, solver: str, video_instruction_scale: float, video_source_scale: float,
                audio_instruction_scale: float, audio_source_scale: float, slg_layers: str, denoise: float,
-               batch_guidance: bool = True, preview: bool = True):
+               batch_guidance: bool = True, preview: bool = True, mask=None, audio_ranges: str = "",
+               feather: int = 1):
         from ..editing.stages import encode_instructions
         from ..editing.windows import sample_window
         from ..samplers import EditGuidance, SamplingCancelled, edit_schedule
@@ -128,11 +173,12 @@ class Sampler:
             slg_layers=parse_slg(slg_layers, model),
         )
         schedule = edit_schedule(steps, shift, denoise)  # validates before any heavy work
+        masks = window_masks(source, mask, audio_ranges, feather)
         if source.config != model.config:
             raise ValueError(f"the source was conformed for preset {source.config.name}, the model is "
                              f"{model.config.name}; connect the same model to 'Encode Source'")
         device = comfy_env.compute_device()
-        bundle = make_bundle(model, source.video_vae, source.audio_vae, instruction, device)
+        bundle = make_bundle(model, source.video_vae, source.audio_vae, instruction, device, mode="editor")
         text = encode_instructions(bundle, instruction.text, instruction.video_negative, instruction.audio_negative)
         previewer = comfy_env.latent_previewer(source.video_vae.codec) if preview else None
         per_window = schedule.num_steps
@@ -150,7 +196,7 @@ class Sampler:
                     video, audio = sample_window(
                         model.model, window, text, device=device, steps=steps, shift=shift, solver=solver, seed=seed,
                         guidance=guidance, denoise=denoise, batch_guidance=batch_guidance, callback=callback,
-                        should_cancel=comfy_env.interrupted,
+                        should_cancel=comfy_env.interrupted, preserve=masks(k, device),
                     )
                 except SamplingCancelled:
                     comfy_env.raise_if_interrupted()  # ComfyUI's own exception: reported as "interrupted"

@@ -150,6 +150,8 @@ class PreserveMask:
 
     video: torch.Tensor | None = None
     audio: torch.Tensor | None = None
+    # windows of a long edit: a window the fence leaves out is kept whole, which is no error there
+    allow_empty: bool = False
 
     def __post_init__(self) -> None:
         for name, t, ndim in (("video", self.video, 5), ("audio", self.audio, 3)):
@@ -158,7 +160,7 @@ class PreserveMask:
             if not isinstance(t, torch.Tensor) or t.dim() != ndim:
                 raise ValueError(f"the {name} preservation mask must be a {ndim}-D tensor, got "
                                  f"{getattr(t, 'shape', type(t).__name__)}")
-            if float(t.max()) <= 0.0:
+            if float(t.max()) <= 0.0 and not self.allow_empty:
                 raise ValueError(f"the {name} preservation mask is all zeros: nothing can change. Mark the region "
                                  f"to edit (or pass no {name} mask to let the whole {name} change)")
 
@@ -199,6 +201,7 @@ def build_preserve_mask(
     temporal_factor: int = 4,
     duration: float | None = None,
     feather: int = DEFAULT_FEATHER,
+    allow_empty: bool = False,
 ) -> PreserveMask | None:
     """The :class:`PreserveMask` for latents shaped like ``video_latent`` / ``audio_latent`` (None if no mask).
 
@@ -221,7 +224,7 @@ def build_preserve_mask(
         audio = audio_latent_mask(audio_ranges, audio_latent.shape[1], duration, feather=feather)
     if video is None and audio is None:
         return None
-    mask = PreserveMask(video=video, audio=audio)
+    mask = PreserveMask(video=video, audio=audio, allow_empty=allow_empty)
     logger.info("preservation mask: %s of the latents may change",
                 ", ".join(f"{k} {v:.0%}" for k, v in mask.fraction().items()))
     return mask

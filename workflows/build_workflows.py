@@ -170,7 +170,8 @@ def _common_tail(first: int, model: str, vvae: str, avae: str, seed: int, sampli
     return {
         s: ("InstructAV2AVSampler", "Sampler", 3, {
             "model": [model, 0], "instruction": [str(first - 2), 0], "source": [str(first - 1), 0], "seed": seed,
-            **sampling, "slg_layers": "auto", "denoise": 1.0, "batch_guidance": True, "preview": True}),
+            **sampling, "slg_layers": "auto", "denoise": 1.0, "batch_guidance": True, "preview": True,
+            "audio_ranges": "", "feather": 1}),
         d: ("InstructAV2AVDecode", "Decode", 4, {"latents": [s, 0], "video_vae": [vvae, 0 if vvae != model else 1],
                                                  "audio_vae": [avae, 0 if avae != model else 2]}),
         cv: ("CreateVideo", "Create Video", 5, {"images": [d, 0], "fps": [d, 2], "audio": [d, 1]}),
@@ -213,7 +214,7 @@ def edit_workflow() -> dict:
         "3": ("InstructAV2AVModelLoader", "Load Editor Model", 0, {
             "model_name": EDIT_FILES["model"], "precision": "bf16", "attention": "auto", "preset": "auto",
             "adapter_1": "none", "adapter_1_strength": 1.0, "adapter_2": "none",
-            "adapter_2_strength": 1.0, "download_missing": False}),
+            "adapter_2_strength": 1.0, "download_missing": False, "mode": "editor"}),
         "4": ("InstructAV2AVVideoVAELoader", "Load Video VAE", 0, {
             "vae_name": EDIT_FILES["video_vae"], "precision": "bf16", "tile_size": 256, "tile_overlap": 64,
             "frames_per_chunk": 1, "download_missing": False}),
