@@ -183,7 +183,7 @@ _FILES = (("base", "the editor or Ovi checkpoint", "model.safetensors (Ovi) or a
 
 def standin_bundle(model_config: ModelConfig, device: str | torch.device = "cpu", seed: int = 0) -> EditorBundle:
     """What ``train`` uses for the ``tiny``/``small`` presets when no file is named: a freshly
-    initialised editor of the preset (seeded: every run with the same seed gets the same base, so a
+    initialised editor of the preset (seeded, ``seed`` 0 for every run: the same base each time, so a
     stage-2 run accepts the stage-1 adapters), the demo codecs (exact, weight-free; the audio MDCT
     with as many bins as the preset's audio channels) and :class:`HashedWordEncoder`. For trying the
     whole training path with no download; an adapter trained on it only fits this stand-in base."""
@@ -235,6 +235,7 @@ def check_files(config: TrainConfig) -> None:
 
 def _load_bundle(config: TrainConfig, model_config: ModelConfig, device: torch.device) -> EditorBundle:
     from ..editing.bundle import bundle_loaders, load_bundle
+    from ..training.footprint import accelerator_bytes, choose_base_precision
 
     if config.preset in STANDIN_PRESETS and not any(getattr(config, k) for k, _, _ in _FILES):
         logger.info("preset %s with no model files: a stand-in editor, the demo codecs and hashed-word instructions",
@@ -244,8 +245,6 @@ def _load_bundle(config: TrainConfig, model_config: ModelConfig, device: torch.d
     if config.preset in bundle_loaders():
         return load_bundle(preset=config.preset, model=config.base or None, device=device, dtype=torch.bfloat16)
     model: object = Path(config.base).expanduser()
-    from ..training.footprint import accelerator_bytes, choose_base_precision
-
     precision = choose_base_precision(model_config, config, accelerator_bytes() if device.type == "cuda" else None)
     if config.base_precision == "auto":
         logger.info("base_precision auto: %s (the memory estimate %s this GPU in bf16)", precision,
