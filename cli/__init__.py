@@ -20,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "edit": (".edit", "edit a video and its soundtrack from a text instruction"),
     "train": (".train", "train the editor (stage video, audio or joint) from a TOML config"),
     "merge-adapter": (".train", "merge adapter file(s) into base weights: BASE ADAPTER... OUT"),
-    "evaluate": ("..evaluation.compare", "score an edited clip against its source (SSIM, log-mel, AV offset)"),
+    "evaluate": (".evaluate", "score an edited clip against its source (SSIM, log-mel, AV offset)"),
     "demo": (".demo", "edit the bundled demo clip with the embedded demo model (or --eval N held-out cases)"),
     "demo-train": (".demo", "train the embedded demo model (reproduces assets/demo; ablation variants)"),
     "download": (".models", "fetch model files from the Hugging Face hub, verified (--preset ovi-720-5s [--fp8])"),

@@ -1,4 +1,4 @@
-"""Score an edit of a real clip against its source (no ground truth): the ``evaluate`` command and node.
+"""Score an edit of a real clip against its source (no ground truth), for the ``evaluate`` command and node.
 
 The edited clip fixes the geometry (frame rate, size, sample rate, length); the source is
 conformed to it exactly as the editor conforms its input (retimed, centre-cropped or padded,
@@ -10,10 +10,6 @@ of frames at a time: only the decoded 8-bit frames are held whole, never the cli
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import sys
 from pathlib import Path
 
 from ..media import Clip, ClipSpec, plan_conform, read_clip
@@ -73,27 +69,3 @@ def format_report(scores: dict) -> str:
     for key, label, fmt, meaning in REPORT:
         lines.append(f"  {label:20s} {format_score(scores.get(key), fmt):>10s}  {meaning}".rstrip())
     return "\n".join(lines)
-
-
-def register(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Score an edited clip against its source without ground truth: SSIM/PSNR to the source, "
-                          "frame-to-frame consistency, log-mel distance and the audio-video offset.")
-    parser.add_argument("source", help="the original video file")
-    parser.add_argument("edited", help="the edited video file (its rate, size and length are the reference)")
-    parser.add_argument("--fit", choices=("crop", "pad"), default="crop",
-                        help="how the source was fitted to the edit's size (as `edit --fit`; default crop)")
-    parser.add_argument("--start", type=float, default=0.0,
-                        help="seconds into the source where the edit begins (as `edit --start`; default 0)")
-    parser.add_argument("--json", action="store_true", help="print the scores as JSON")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    for name in ("source", "edited"):
-        if not Path(getattr(args, name)).is_file():
-            raise FileNotFoundError(f"{name} file {getattr(args, name)} not found")
-    if not (args.start >= 0 and math.isfinite(args.start)):
-        raise ValueError(f"--start must be a number of seconds >= 0; got {args.start}")
-    scores = compare_files(args.source, args.edited, fit=args.fit, start=args.start)
-    sys.stdout.write((json.dumps(scores, indent=1) if args.json else format_report(scores)) + "\n")
-    return 0
