@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from instructav2av.data.pairs import InMemoryLatents, LatentItem
+from instructav2av.data.latents import InMemoryLatents, LatentItem
 from instructav2av.models.configs import get_preset
 from instructav2av.models.dit import AVEditorDiT
 from instructav2av.runtime.meter import LiveBytes

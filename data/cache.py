@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from ..weights.io import CheckpointError, CheckpointFile, atomic_write, write_safetensors
-from .pairs import DatasetReport, InMemoryLatents, LatentItem, PairItem, PairSource, Problem
+from .latents import InMemoryLatents, LatentItem
+from .pairs import DatasetReport, PairItem, PairSource, Problem
 
 logger = logging.getLogger(__name__)
 

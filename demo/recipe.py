@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.pairs import LatentItem
+from ..data.latents import LatentItem
 from ..data.synthetic import HELD_OUT_START, SOUNDS, SynthConfig, make_sample
 from ..models import siga
 from ..models.configs import ModelConfig, get_preset

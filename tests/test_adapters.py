@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from test_trainer import EMPTY, PRESET, tiny_editor, tiny_items
 
 from instructav2av.cli import main as cli_main
-from instructav2av.data.pairs import InMemoryLatents
+from instructav2av.data.latents import InMemoryLatents
 from instructav2av.models.configs import get_preset
 from instructav2av.models.dit import AVEditorDiT
 from instructav2av.training.config import TrainConfig

@@ -17,11 +17,11 @@ from test_trainer import tiny_editor
 from instructav2av.cli import main as cli_main
 from instructav2av.cli.train import run_training
 from instructav2av.data.cache import Codecs, LatentCache, encode_pairs
+from instructav2av.data.latents import LatentData
 from instructav2av.data.pairs import (
     ClipWindowing,
     FolderPairs,
     InMemoryPairs,
-    LatentData,
     ManifestPairs,
     PairItem,
     PairSource,

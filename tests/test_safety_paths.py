@@ -206,7 +206,7 @@ def test_trainer_product_never_replaces_a_file_that_appeared_during_the_run(tmp_
     """A file takes the product's name while the run trains: the adapter goes to a fresh name."""
     from test_trainer import EMPTY, config, tiny_editor, tiny_items
 
-    from instructav2av.data.pairs import InMemoryLatents
+    from instructav2av.data.latents import InMemoryLatents
     from instructav2av.training.trainer import Trainer
 
     taken = tmp_path / "adapter_joint_step0000002.safetensors"

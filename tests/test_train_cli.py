@@ -146,7 +146,7 @@ def test_run_training_frees_the_text_encoder_and_parks_the_codecs(tmp_path, monk
 def test_the_adapter_names_its_base_file_and_a_wrong_base_says_so(tmp_path):
     from test_trainer import EMPTY, tiny_editor, tiny_items
 
-    from instructav2av.data.pairs import InMemoryLatents
+    from instructav2av.data.latents import InMemoryLatents
     from instructav2av.training.config import TrainConfig
     from instructav2av.training.trainer import Trainer
     from instructav2av.weights.adapters import AdapterMismatch, load_adapter, read_adapter_info
@@ -170,7 +170,7 @@ def test_the_adapter_names_its_base_file_and_a_wrong_base_says_so(tmp_path):
 def test_merging_into_a_demo_editor_gives_a_loadable_bundle(tmp_path, capsys):
     from test_demo import _tiny_config
 
-    from instructav2av.data.pairs import InMemoryLatents
+    from instructav2av.data.latents import InMemoryLatents
     from instructav2av.demo import recipe as demo
     from instructav2av.editing.bundle import load_bundle
     from instructav2av.training.config import TrainConfig
@@ -202,7 +202,7 @@ def test_merging_into_a_demo_editor_gives_a_loadable_bundle(tmp_path, capsys):
 def test_an_fp8_stored_base_trains_and_its_adapter_fits_the_bf16_base(tmp_path):
     from test_trainer import EMPTY, tiny_editor, tiny_items
 
-    from instructav2av.data.pairs import InMemoryLatents
+    from instructav2av.data.latents import InMemoryLatents
     from instructav2av.training.config import TrainConfig
     from instructav2av.training.trainer import Trainer
     from instructav2av.weights.adapters import load_adapter

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from instructav2av.data.pairs import InMemoryLatents, LatentItem
+from instructav2av.data.latents import InMemoryLatents, LatentItem
 from instructav2av.models.configs import get_preset
 from instructav2av.models.dit import AVEditorDiT
 from instructav2av.training import checkpointing

@@ -8,7 +8,7 @@ import torch
 from test_trainer import EMPTY, config, tiny_editor, tiny_items, trainable_state
 
 from instructav2av.cli import main as cli_main
-from instructav2av.data.pairs import InMemoryLatents
+from instructav2av.data.latents import InMemoryLatents
 from instructav2av.training.trainer import Trainer
 
 

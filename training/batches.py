@@ -10,7 +10,7 @@ import math
 import numpy as np
 import torch
 
-from ..data.pairs import LatentData
+from ..data.latents import LatentData
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.cache import Codecs
-from ..data.pairs import LatentData, LatentItem
+from ..data.latents import LatentData, LatentItem
 from ..weights.adapters import base_fingerprint, load_adapters
 from ..weights.io import load_torch_tensors
 from . import distributed
