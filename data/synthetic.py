@@ -21,12 +21,15 @@ silhouette. Outside the edited object's pixels the target equals the source bit 
 metadata carries every ground truth the metrics need (``training.metrics``).
 
 Geometry (the demo preset): 32×32 pixels, 17 frames (1 + 4k) at 16 fps = 1.0625 s, 16 kHz mono
-audio (17,000 samples). With the demo codecs (``models.demo_codecs``) that is a video latent
+audio (17,000 samples). With the demo codecs (``demo/codecs.py``) that is a video latent
 ``[48, 5, 16, 16]`` (320 DiT tokens with patch (1, 2, 2)) and an audio latent ``[69, 250]``.
 
 Determinism: sample ``index`` of generator ``seed`` depends on nothing else
 (``numpy.random.SeedSequence([seed, index])``, CPU float32 maths). Indices from
 :data:`HELD_OUT_START` on form the held-out split; training uses the indices below it.
+
+One file (~620 lines) on purpose: the palette, sounds, edit templates and renderer are one
+specification of the domain, and the held-out scores depend on all of them together.
 """
 
 from __future__ import annotations
