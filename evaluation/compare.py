@@ -66,6 +66,12 @@ def format_report(scores: dict) -> str:
              + (f", from {scores['source_start']:.3f} s of the source" if scores.get("source_start") else "")]
     if scores.get("source_frames_used", scores["frames"]) < scores["frames"]:
         lines.append(f"(the source covers only {scores['source_frames_used']} of those frames; the rest is padding)")
+    notes = {"av_offset_s": "av_offset_note", "av_offset_source_s": "av_offset_source_note"}
     for key, label, fmt, meaning in REPORT:
-        lines.append(f"  {label:20s} {format_score(scores.get(key), fmt):>10s}  {meaning}".rstrip())
+        value = scores.get(key)
+        if key in notes and isinstance(value, float) and math.isnan(value):  # see evaluation/sync.py
+            why = scores.get(notes[key]) or "no events"
+            lines.append(f"  {label:20s} {'no reliable estimate':>10s}  ({why})")
+            continue
+        lines.append(f"  {label:20s} {format_score(value, fmt):>10s}  {meaning}".rstrip())
     return "\n".join(lines)

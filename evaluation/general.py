@@ -21,18 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .metrics import (
-    _check_audio,
-    _check_video,
-    _same_shape,
-    frame_sums,
-    log_mel_distance,
-    motion_event,
-    motion_frames,
-    offset_from_envelopes,
-    onset_envelope,
-    ssim_map,
-)
+from .metrics import _check_audio, _check_video, _same_shape, frame_sums, log_mel_distance, ssim_map
+from .sync import estimate_offset, motion_event, motion_frames, onset_envelope
 
 # Frames conformed (as float32) at once by the chunked scorers; with one frame's SSIM working set
 # (~100 bytes/pixel) this bounds the peak well under 1 GB even at 1920x1080.
@@ -79,7 +69,7 @@ class _Track:
         self.count += 1
 
     def envelope(self) -> torch.Tensor:
-        """:func:`~.metrics.motion_envelope` of the frames seen (the last frame has no event either)."""
+        """:func:`~.sync.motion_envelope` of the frames seen (the last frame has no event either)."""
         return torch.tensor([*self.events, 0.0][: self.count], dtype=torch.float32)
 
 
@@ -119,18 +109,21 @@ class GeneralScores:
         # fsum: correctly rounded whatever the order, so chunking cannot change the result
         mse = math.fsum(self.squared_error) / pixels
 
-        def offset(track: _Track, audio: torch.Tensor) -> float:
+        def offset(track: _Track, audio: torch.Tensor):
             v = track.envelope()
-            return offset_from_envelopes(v, onset_envelope(audio, sample_rate, fps, v.numel()), fps)
+            return estimate_offset(v, onset_envelope(audio, sample_rate, fps, v.numel()), fps)
 
+        out_offset, src_offset = offset(self.output, oa), offset(self.source, sa)
         return {
             "ssim_to_source": math.fsum(self.ssim) / pixels,
             "psnr_to_source": math.inf if mse == 0 else 10 * math.log10(4.0 / mse),
             "frame_consistency": math.fsum(self.output.pairs) / pair_pixels,
             "frame_consistency_source": math.fsum(self.source.pairs) / pair_pixels,
             "log_mel_distance": log_mel_distance(oa, sa, sample_rate),
-            "av_offset_s": offset(self.output, oa),
-            "av_offset_source_s": offset(self.source, sa),
+            "av_offset_s": out_offset.seconds,  # nan: no reliable estimate (the note says why)
+            "av_offset_source_s": src_offset.seconds,
+            "av_offset_note": out_offset.reason,
+            "av_offset_source_note": src_offset.reason,
         }
 
 

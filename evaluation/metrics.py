@@ -219,114 +219,6 @@ def log_mel_distance(a: torch.Tensor, b: torch.Tensor, sample_rate: int, max_fra
 
 
 # ---------------------------------------------------------------------------------------------
-# audio-video synchrony
-
-
-def motion_frames(video: torch.Tensor) -> torch.Tensor:
-    """The small blurred grey frames ``[T, 1, h, w]`` that :func:`motion_envelope` differentiates.
-
-    One frame at a time, on purpose: a frame's result then never depends on the frames computed
-    with it (batched convolutions may take other kernels), so a clip reduced chunk by chunk gives
-    bit for bit what the whole clip gives.
-    """
-    video = _check_video(video, "video")
-    return torch.cat([_motion_frame(video[:, t]) for t in range(video.shape[1])])
-
-
-def _motion_frame(frame: torch.Tensor) -> torch.Tensor:
-    x = frame.mean(0)[None, None]  # [1, 1, H, W] grey
-    short = min(x.shape[-2:])
-    if short > 32:
-        x = F.adaptive_avg_pool2d(x, (round(x.shape[-2] * 32 / short), round(x.shape[-1] * 32 / short)))
-    sigma = 0.08 * min(x.shape[-2:])
-    return _blur(x, min(2 * math.ceil(2.5 * sigma) + 1, 2 * (min(x.shape[-2:]) // 2) - 1), sigma)
-
-
-def motion_envelope(video: torch.Tensor | None = None, *, frames: torch.Tensor | None = None) -> torch.Tensor:
-    """Motion events per frame ``[T]``: mean |temporal second difference| of blurred grey frames
-    (of ``video``, or of ``frames`` made by :func:`motion_frames`).
-
-    The blur (σ = 8 % of the short side, after shrinking it to at most 32 pixels) is what makes
-    this an *acceleration* measure: a blurred object moving steadily changes its pixels almost
-    linearly in time (small second difference), while a start, stop or bounce reverses the
-    change (large). Without it every moving edge would look like an event. The two end frames
-    get 0.
-    """
-    x = motion_frames(video) if frames is None else frames
-    env = torch.zeros(x.shape[0])
-    for t in range(1, x.shape[0] - 1):  # frame by frame, as the chunked scorers do: the same bits
-        env[t] = motion_event(x[t - 1], x[t], x[t + 1])
-    return env
-
-
-def motion_event(before: torch.Tensor, frame: torch.Tensor, after: torch.Tensor) -> float:
-    """One value of :func:`motion_envelope`: mean |second difference| at ``frame`` (motion frames)."""
-    return float((after - 2 * frame + before).abs().mean())
-
-
-def onset_envelope(audio: torch.Tensor, sample_rate: int, fps: float, num_frames: int) -> torch.Tensor:
-    """Audio onsets per video frame ``[T]``: spectral flux of a frame-rate mel spectrogram.
-
-    One STFT frame per video frame (hop = sr/fps, window two frames long), 40 mel bands in dB
-    minus each band's median (steady ambience -> 0), and the sum over bands of every rise above
-    3 dB (smaller rises are noise). The rise between frames i and i+1 belongs to frame i+1: a
-    log-energy step shows as soon as the onset enters the leading half of the window.
-    """
-    import torchaudio
-
-    audio = _check_audio(audio, "audio")
-    hop = max(1, round(sample_rate / fps))
-    n_fft = 2 * hop
-    power = _stft_power(audio, n_fft, hop)  # [n_fft/2 + 1, frames], frame i centred on video frame i
-    fbank = torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, 40, sample_rate)
-    db = 10 * (fbank.T @ power).clamp_min(1e-10).log10()
-    db = (db - db.median(dim=1, keepdim=True).values).clamp_min(0)
-    flux = (db[:, 1:] - db[:, :-1] - 3.0).clamp_min(0).sum(0)
-    env = torch.zeros(num_frames)
-    n = min(num_frames - 1, flux.numel())
-    env[1 : n + 1] = flux[:n]
-    return env
-
-
-def av_offset(
-    video: torch.Tensor, audio: torch.Tensor, fps: float, sample_rate: int, max_offset: float = 0.5
-) -> float:
-    """Audio delay relative to the video, in seconds (positive: sound comes late).
-
-    The lag that maximises the normalised cross-correlation of :func:`onset_envelope` and
-    :func:`motion_envelope`, refined to a fraction of a frame by a parabola through the peak.
-    Returns ``nan`` when either envelope is flat (no events to align).
-    """
-    v = motion_envelope(video)
-    return offset_from_envelopes(v, onset_envelope(audio, sample_rate, fps, v.numel()), fps, max_offset)
-
-
-def offset_from_envelopes(v: torch.Tensor, a: torch.Tensor, fps: float, max_offset: float = 0.5) -> float:
-    """:func:`av_offset` from a motion envelope ``v`` and an onset envelope ``a`` (both ``[T]``)."""
-    v, a = v - v.mean(), a - a.mean()
-    if v.norm() == 0 or a.norm() == 0:
-        return math.nan
-    v, a = v / v.norm(), a / a.norm()
-    max_lag = max(1, min(round(max_offset * fps), v.numel() // 2))
-    lags = range(-max_lag, max_lag + 1)
-    n = v.numel()
-    # corr[k] = sum_t v[t]·a[t + k], scaled up for the shorter overlap
-    corr = torch.tensor(
-        [
-            float((v[max(0, -k) : n - max(0, k)] * a[max(0, k) : n - max(0, -k)]).sum()) * n / (n - abs(k))
-            for k in lags
-        ]
-    )
-    i = int(corr.argmax())
-    shift = 0.0
-    if 0 < i < corr.numel() - 1:
-        left, mid, right = corr[i - 1], corr[i], corr[i + 1]
-        denom = float(left - 2 * mid + right)
-        shift = 0.5 * float(left - right) / denom if denom < 0 else 0.0
-    return (lags[i] + shift) / fps
-
-
-# ---------------------------------------------------------------------------------------------
 # synthetic evaluation: video
 
 
@@ -597,22 +489,21 @@ __all__ = [
     "frame_consistency",
     "log_mel",
     "log_mel_distance",
-    "motion_envelope",
-    "onset_envelope",
-    "av_offset",
-    "offset_from_envelopes",
-    "motion_frames",
-    "motion_event",
     "frame_sums",
     "evaluate_synthetic",
     "summarize",
 ]
 
 
-def __getattr__(name: str):
-    # The whole-clip scores moved to .general (computed chunk by chunk); old imports keep working.
-    if name in ("AVClip", "evaluate_general"):
-        from . import general
+_MOVED = {"AVClip": "general", "evaluate_general": "general", "motion_frames": "sync", "motion_envelope": "sync",
+          "motion_event": "sync", "onset_envelope": "sync", "av_offset": "sync", "offset_from_envelopes": "sync"}
 
-        return getattr(general, name)
+
+def __getattr__(name: str):
+    # The whole-clip scores moved to .general (computed chunk by chunk) and the audio-video offset to
+    # .sync (with its reliability test); old imports keep working.
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_MOVED[name]}", __package__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

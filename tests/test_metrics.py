@@ -116,20 +116,24 @@ def test_frame_consistency_and_log_mel():
 
 
 def test_av_offset_finds_a_shifted_soundtrack():
-    """Delay or advance the audio of synthetic 3-s clips by whole frames and find the shift again."""
+    """Delay or advance the audio of synthetic 3-s clips by whole frames and find the shift again;
+    where the evidence is too weak the answer is nan ("no reliable estimate", tests/test_av_sync.py)."""
     cfg = SynthConfig(num_frames=49)
-    errors = []
+    errors, undecided = [], 0
     for i in range(8):
         s = make_sample(i, seed=2, config=cfg)
         if s.meta.source_object is None and not s.meta.context_objects:
             continue  # nothing moves, nothing sounds
-        assert abs(av_offset(s.source_video, s.source_audio, 16, 16000)) < 0.5 / 16
-        for frames in (3, -2):
-            found = av_offset(s.source_video, _shift(s.source_audio, frames * 1000), 16, 16000)
-            errors.append(abs(found * 16 - frames))
+        for frames in (0, 3, -2):
+            audio = _shift(s.source_audio, frames * 1000) if frames else s.source_audio
+            found = av_offset(s.source_video, audio, 16, 16000)
+            if math.isnan(found):
+                undecided += 1
+            else:
+                errors.append(abs(found * 16 - frames))
     errors = torch.tensor(errors)
-    assert len(errors) >= 8
-    assert (errors < 0.5).float().mean() >= 0.85 and errors.median() < 0.25
+    assert len(errors) >= 12 and len(errors) > undecided
+    assert (errors < 0.5).float().mean() >= 0.9 and errors.median() < 0.25  # measured: 16 of 17 right
 
 
 def test_av_offset_of_still_silent_clip_is_undefined():
