@@ -10,6 +10,7 @@ of frames at a time: only the decoded 8-bit frames are held whole, never the cli
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..media import Clip, ClipSpec, plan_conform, read_clip
