@@ -179,7 +179,7 @@ def _check_source(source: Path, start: float) -> None:
 
 def _config_before_loading(args: argparse.Namespace):
     """The model's config when it is known without loading weights: from --preset, or from the header
-    of a --model safetensors file; None otherwise. An unknown --preset fails here, with the choices."""
+    of the model safetensors file (--model, or found in --models-dir); None otherwise. An unknown --preset fails here, with the choices."""
     from ..editing.bundle import bundle_loaders
     from ..models.configs import PRESETS
 
@@ -190,8 +190,12 @@ def _config_before_loading(args: argparse.Namespace):
             return None
         raise ValueError(f"unknown --preset {args.preset!r}; valid presets: {', '.join(PRESETS)} "
                          f"(bundled models that need no files: {', '.join(bundle_loaders())})")
-    model = Path(args.model).expanduser() if args.model else None
-    if model is not None and model.suffix == ".safetensors" and model.is_file():
+    from ..weights.locate import resolve_file
+
+    # --model, or the file --models-dir (or the default models folder) holds: as load_bundle finds it
+    root = Path(args.models_dir).expanduser() if args.models_dir else None
+    model, _ = resolve_file("model", args.model, root if root is not None and root.is_dir() else None, None)
+    if isinstance(model, Path) and model.suffix == ".safetensors" and model.is_file():
         from ..weights.dit import inspect_checkpoint
 
         info = inspect_checkpoint(model)  # the header only: milliseconds, whatever the file's size

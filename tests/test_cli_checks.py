@@ -98,3 +98,20 @@ def test_a_good_command_still_reaches_the_loader(media, loader, tmp_path):
             "--steps", "3", "--slg", "3", "--start", "0.5", "--solver", "euler"]
     assert main(args) == 1  # the stand-in loader raises
     assert len(loader) == 1
+
+
+@pytest.mark.parametrize("how", ["--model", "--models-dir"])
+def test_skip_layers_are_checked_against_the_model_files_header(how, media, loader, tmp_path, capsys):
+    """Without --preset the block count comes from the model file's header (milliseconds), not a load."""
+    from test_trainer import tiny_editor
+
+    from instructav2av.weights.dit import save_editor
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    model = save_editor(tiny_editor(), folder / "model.safetensors", origin="test")  # 2 blocks
+    where = ["--model", str(model)] if how == "--model" else ["--models-dir", str(folder)]
+    args = ["edit", str(media["good"]), "make it red", "-o", str(tmp_path / "out.mp4"), *where, "--slg", "5"]
+    assert main(args) == 1
+    assert "the model has 2 blocks" in capsys.readouterr().err
+    assert loader == []
