@@ -55,7 +55,7 @@ ATOMIC_SCRIPT = textwrap.dedent("""
 
 
 def _env() -> dict[str, str]:
-    root = str(Path(instructav2av.__file__).resolve().parent.parent)
+    root = str(Path(instructav2av.__file__).parent.parent)  # not resolved: the package may be a symlink
     return {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
             "OMP_NUM_THREADS": "1"}
 
