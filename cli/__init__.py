@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": (".weights", "convert an Ovi checkpoint into an editor file"),
     "edit": (".edit", "edit a video and its soundtrack from a text instruction"),
     "train": (".train", "train the editor (stage video, audio or joint) from a TOML config"),
+    "make-pairs": (".pairs", "compose training pairs from your own clips, cut-outs and sounds (--config pairs.toml)"),
     "merge-adapter": (".train", "merge adapter file(s) into base weights: BASE ADAPTER... OUT"),
     "evaluate": (".evaluate", "score an edited clip against its source (SSIM, log-mel, AV offset)"),
     "demo": (".demo", "edit the bundled demo clip with the embedded demo model (or --eval N held-out cases)"),

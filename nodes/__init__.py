@@ -15,7 +15,7 @@ import importlib
 
 from . import comfy_env
 
-NODE_MODULES = ("loaders", "demo", "encode", "sample", "flowedit", "decode", "evaluate", "train")
+NODE_MODULES = ("loaders", "demo", "encode", "sample", "flowedit", "decode", "evaluate", "train", "pairs")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
