@@ -3,7 +3,7 @@
 Conventions: video ``[3, T, H, W]`` float in [-1, 1], audio ``[N]`` float mono. Every function
 is pure (tensors in, numbers out) and runs on the CPU in milliseconds at the demo's size.
 
-**Synthetic domain** (:func:`evaluate_synthetic`, ground truth from ``training.synthetic``):
+**Synthetic domain** (:func:`evaluate_synthetic`, ground truth from ``data.synthetic``):
 
 - *video edit* — per pixel, the nearest of the palette colours and the true "rest" of the
   frame (background and other objects) decides what a pixel shows. Replace/insert/recolour:

@@ -131,9 +131,9 @@ PRESETS: dict[str, ModelConfig] = {
             audio_latents=40,
             area=320 * 256,
         ),
-        # The embedded demo model (training/demo.py, docs/demo.md): the demo codecs' latents
-        # (models/demo_codecs.py: video [48, 5, 16, 16] -> 320 tokens, MDCT audio [69, 250]) and the
-        # one-hot word + position features of models/demo_text.py (text_dim >= vocabulary + text_len).
+        # The embedded demo model (demo/recipe.py, docs/demo.md): the demo codecs' latents
+        # (demo/codecs.py: video [48, 5, 16, 16] -> 320 tokens, MDCT audio [69, 250]) and the
+        # one-hot word + position features of demo/text.py (text_dim >= vocabulary + text_len).
         # dim >= the values a token's head must produce (video 2*2*48 = 192, audio 250): the head's
         # output lies in a dim-dimensional subspace, and latent directions outside it would keep
         # their initial noise through sampling (dim 128 measured 17.5 dB PSNR outside the edit).

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-# per slot: a handful of keys in the layout models.checkpoint_kinds.detect_layout recognises
+# per slot: a handful of keys in the layout weights.kinds.detect_layout recognises
 _KEYS = {
     "model": {"video_model.patch_embedding.weight": (4, 48, 1, 2, 2), "audio_model.patch_embedding.0.weight": (4, 20, 7)},
     "video_vae": {"decoder.upsamples.0.upsamples.0.residual.2.weight": (4, 4, 3, 3, 3), "decoder.conv1.weight": (4, 48, 3, 3, 3),

@@ -25,7 +25,7 @@ from pathlib import Path
 
 HUB = "https://huggingface.co"
 
-# slot -> (ComfyUI folder, what the loader checks the file's keys against (models.checkpoint_kinds layouts))
+# slot -> (ComfyUI folder, what the loader checks the file's keys against (weights.kinds layouts))
 SLOTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "model": ("diffusion_models", ("ovi", "editor")),
     "video_vae": ("vae", ("vae",)),
