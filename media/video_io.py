@@ -309,6 +309,64 @@ class _WindowDecoder:
             self.chunks.append((t, _audio_frame_to_float(frame)))
 
 
+def _check_window(start: float, duration: float | None, max_frames: int | None) -> None:
+    if start < 0 or not math.isfinite(start):
+        raise MediaError(f"start must be a finite number of seconds >= 0; got {start}")
+    if duration is not None and not (duration > 0 and math.isfinite(duration)):
+        raise MediaError(f"duration must be a positive number of seconds; got {duration}")
+    if max_frames is not None and max_frames < 1:
+        raise MediaError(f"max_frames must be at least 1; got {max_frames}")
+
+
+def _decode_window(container, vstream, astream, origin: float, window: _WindowDecoder, path: Path) -> None:
+    """Demux both streams into ``window`` until its video and audio are complete (or the file ends)."""
+    window.audio_done = astream is None
+    try:
+        for packet in container.demux(*([vstream] + ([astream] if astream is not None else []))):
+            if packet.stream.type == "video":
+                if window.video_done:
+                    # Files interleave within a second or two; far past the window with no
+                    # audio packet for it means the audio stream has ended.
+                    if packet.pts is not None and packet.pts * packet.time_base - origin > window.audio_until + 2:
+                        window.audio_done = True
+                else:
+                    for frame in packet.decode():
+                        window.video(frame, None if frame.pts is None else frame.time - origin)
+                        if window.video_done:
+                            break
+            elif not window.audio_done:
+                for frame in packet.decode():
+                    window.audio(frame, None if frame.pts is None else frame.time - origin)
+            if window.video_done and window.audio_done:
+                break
+    except av.FFmpegError as e:
+        where = f"{window.times[-1]:.2f} s" if window.times else "the start"
+        raise MediaError(
+            f"{path}: decoding failed after {len(window.times)} frames (at {where}): {e}. "
+            "The file is probably truncated or damaged; re-export or re-download it"
+        ) from e
+
+
+def _warn_if_damaged(clip: Clip, path: Path, declared: float | None, data_end: float | None, whole_file: bool,
+                     corrupt: int) -> None:
+    """Warnings (not errors: what was read decoded) for a truncated or damaged file."""
+    slack = max(TRUNCATION_SLACK_S, 0.05 * declared) if declared is not None else 0.0
+    if whole_file and declared is not None and clip.duration < declared - slack:
+        logger.warning(
+            "%s: decoded %.2f s of video but the file declares %.2f s; it is probably truncated", path,
+            clip.duration, declared,
+        )
+    if data_end is not None and data_end < declared - slack:
+        logger.warning(
+            "%s: the file declares %.2f s of video but its data ends at %.2f s; it is probably truncated or "
+            "damaged (the %.2f-%.2f s read here decoded, but re-export or re-download the file)", path, declared,
+            data_end, clip.start, clip.start + clip.duration,
+        )
+    if corrupt:
+        logger.warning("%s: %d of the %d frames read decoded with errors (damaged data, concealed by the decoder); "
+                       "re-export or re-download the file", path, corrupt, clip.num_frames)
+
+
 def read_clip(
     path: str | os.PathLike, *, max_frames: int | None = None, start: float = 0.0, duration: float | None = None
 ) -> Clip:
@@ -326,13 +384,7 @@ def read_clip(
     files without a video stream, empty windows, and frames larger than :data:`MAX_SIDE`.
     """
     path = Path(path)
-    if start < 0 or not math.isfinite(start):
-        raise MediaError(f"start must be a finite number of seconds >= 0; got {start}")
-    if duration is not None and not (duration > 0 and math.isfinite(duration)):
-        raise MediaError(f"duration must be a positive number of seconds; got {duration}")
-    if max_frames is not None and max_frames < 1:
-        raise MediaError(f"max_frames must be at least 1; got {max_frames}")
-
+    _check_window(start, duration, max_frames)
     with _open_input(path) as container:
         if not container.streams.video:
             kinds = ", ".join(s.type for s in container.streams) or "none"
@@ -353,31 +405,7 @@ def read_clip(
 
         window = _WindowDecoder(path, fps, start, duration, max_frames,
                                 _capacity_hint(vstream, fps, max_frames, duration))
-        window.audio_done = astream is None
-        try:
-            for packet in container.demux(*([vstream] + ([astream] if astream is not None else []))):
-                if packet.stream.type == "video":
-                    if window.video_done:
-                        # Files interleave within a second or two; far past the window with no
-                        # audio packet for it means the audio stream has ended.
-                        if packet.pts is not None and packet.pts * packet.time_base - origin > window.audio_until + 2:
-                            window.audio_done = True
-                    else:
-                        for frame in packet.decode():
-                            window.video(frame, None if frame.pts is None else frame.time - origin)
-                            if window.video_done:
-                                break
-                elif not window.audio_done:
-                    for frame in packet.decode():
-                        window.audio(frame, None if frame.pts is None else frame.time - origin)
-                if window.video_done and window.audio_done:
-                    break
-        except av.FFmpegError as e:
-            where = f"{window.times[-1]:.2f} s" if window.times else "the start"
-            raise MediaError(
-                f"{path}: decoding failed after {len(window.times)} frames (at {where}): {e}. "
-                "The file is probably truncated or damaged; re-export or re-download it"
-            ) from e
+        _decode_window(container, vstream, astream, origin, window, path)
         if not window.times:
             if window.skipped_before_start:
                 raise MediaError(f"{path}: start={start:.3f} s is at or beyond the end of the video")
@@ -397,21 +425,7 @@ def read_clip(
         frames=window.buffer.to_tensor(), fps=fps, audio=torch.zeros(1, 0), sample_rate=0,
         has_audio=False, source=path, start=float(times[0]), timestamps=timestamps,
     )
-    slack = max(TRUNCATION_SLACK_S, 0.05 * declared) if declared is not None else 0.0
-    if whole_file and declared is not None and clip.duration < declared - slack:
-        logger.warning(
-            "%s: decoded %.2f s of video but the file declares %.2f s; it is probably truncated", path,
-            clip.duration, declared,
-        )
-    if data_end is not None and data_end < declared - slack:
-        logger.warning(
-            "%s: the file declares %.2f s of video but its data ends at %.2f s; it is probably truncated or "
-            "damaged (the %.2f-%.2f s read here decoded, but re-export or re-download the file)", path, declared,
-            data_end, clip.start, clip.start + clip.duration,
-        )
-    if window.corrupt:
-        logger.warning("%s: %d of the %d frames read decoded with errors (damaged data, concealed by the decoder); "
-                       "re-export or re-download the file", path, window.corrupt, clip.num_frames)
+    _warn_if_damaged(clip, path, declared, data_end, whole_file, window.corrupt)
     if astream is None:
         logger.info("%s has no audio stream", path)
     else:
