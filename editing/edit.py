@@ -32,6 +32,7 @@ from .stages import (
     encode_source,
     prepare_source,
 )
+from .windows import WindowJoin
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 STAGES = ("conform", "text", "encode", "sample", "decode", "write")
@@ -114,6 +115,8 @@ def edit(
     mask: torch.Tensor | None = None,
     audio_ranges: Sequence[tuple[float, float]] | None = None,
     feather: int = 1,
+    windows: str = "one",
+    join: WindowJoin | None = None,
 ) -> EditResult:
     """Edit ``source`` (a file, a :class:`~.media.Clip` or a :class:`~.media.ConformedClip`) as ``instruction`` says.
 
@@ -126,6 +129,11 @@ def edit(
     :class:`EditCancelled` without writing anything. ``mask`` (``[H, W]``/``[T, H, W]``, 1 = may
     change) and ``audio_ranges`` (source seconds) fence the edit: outside them the source is
     kept (:mod:`.masking`; ``feather`` latent cells of soft edge inside the mask).
+
+    ``windows="all"`` edits the whole source from ``start`` in model-length windows joined as ``join``
+    says (:class:`~.windows.WindowJoin`: clean context from the previous window by default; see
+    editing/windows.py); ``"one"`` edits one window. Progress then reports ``sample`` steps over all
+    windows and a ``window k/n`` stage per window (not with ``mask``/``audio_ranges``).
     """
     d = bundle.defaults
     instruction = check_instruction(instruction)
@@ -163,6 +171,25 @@ def edit(
         if name != "sample":
             progress(name, total, total)
 
+    _check_choice("windows", windows, ("one", "all"))
+    join = WindowJoin() if join is None else join
+    if windows == "all":
+        if mask is not None or audio_ranges:
+            raise ValueError("mask / audio_ranges fence one window; with windows='all' leave them out")
+        frames, wave, spec = _edit_windows(bundle, source, text_args=(instruction, video_negative, audio_negative),
+                                           join=join, fit=fit, start=start, stage=stage, progress=progress,
+                                           should_cancel=should_cancel,
+                                           sampling=dict(steps=steps, shift=shift, solver=solver, seed=seed,
+                                                         guidance=guidance, denoise=denoise,
+                                                         batch_guidance=batch_guidance))
+        written = None
+        if out_path is not None:
+            with stage("write"):
+                written = write_clip(out_path, frames, spec.fps, wave, spec.sample_rate, overwrite=overwrite,
+                                     keep=keep)
+        return EditResult(video=frames, audio=wave, fps=spec.fps, sample_rate=spec.sample_rate, output=written,
+                          timings=meter.timings, memory=meter.memory, memory_kind=meter.memory_kind, seed=seed,
+                          steps=schedule.num_steps)
     with stage("conform"):
         clip = prepare_source(bundle, source, fit=fit, start=start)
     with stage("text"):
@@ -193,3 +220,68 @@ def edit(
     return EditResult(video=frames, audio=wave, fps=clip.fps, sample_rate=clip.sample_rate, output=written,
                       timings=meter.timings, memory=meter.memory, memory_kind=meter.memory_kind, seed=seed,
                       steps=schedule.num_steps)
+
+
+def _edit_windows(bundle: EditorBundle, source: Source, *, text_args, join: WindowJoin, fit: str, start: float,
+                  stage, progress: ProgressFn, should_cancel, sampling: dict):
+    """The windowed edit: every window conformed and encoded, sampled in order (each after the first with
+    its clean prefix in ``context`` mode), decoded and joined. Returns ``(frames, wave, spec)``."""
+    from ..media import Clip, read_clip
+    from .windows import (
+        WindowClock,
+        check_audio_length,
+        context_prefix,
+        decode_window,
+        encode_window,
+        join_windows,
+        plan_windows,
+        sample_window,
+        window_settings,
+    )
+
+    spec = bundle.clip_spec()
+    with stage("conform"):
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"source video {path} does not exist")
+            clip = read_clip(path)
+        elif isinstance(source, Clip):
+            clip = source
+        else:
+            raise TypeError(f"windows='all' needs a file path or a media.Clip, got {type(source).__name__}")
+        check_audio_length(clip, start)
+        overlap, context = window_settings(bundle, join, all_windows=True)
+        starts = plan_windows(clip, spec, start, all_windows=True, overlap=overlap)
+    with stage("text"):
+        text = encode_instructions(bundle, *text_args)
+    with stage("encode", len(starts)):
+        wins = [encode_window(bundle, clip, s, fit=fit, out=bundle.device, overlap_frames=overlap if k else 0,
+                              context=context if k else 0) for k, s in enumerate(starts)]
+    steps = edit_schedule(sampling["steps"], sampling["shift"], sampling["denoise"]).num_steps
+    total = steps * len(wins)
+    clock = WindowClock(len(wins), steps)
+    results: list[tuple[torch.Tensor, torch.Tensor]] = []
+    with stage("sample", total):
+        for k, w in enumerate(wins):
+            if should_cancel is not None and should_cancel():
+                raise EditCancelled("sample", k * steps, total)
+            progress(f"window {k + 1}/{len(wins)}", k, len(wins))
+            prefix = context_prefix(bundle, *results[-1], wins[k - 1], w) if w.context else None
+
+            def callback(i, n, *_, k=k):
+                clock.step(k, i)
+                progress("sample", k * steps + i, total)
+
+            try:
+                results.append(sample_window(bundle.model, w, text, device=bundle.device, callback=callback,
+                                             should_cancel=should_cancel, prefix=prefix, **sampling))
+            except SamplingCancelled as exc:
+                if isinstance(exc, EditCancelled):
+                    raise
+                raise EditCancelled("sample", k * steps + exc.step, total) from exc
+            clock.window_done(k)
+    with stage("decode"):
+        pieces = [decode_window(bundle, v, a, w) for (v, a), w in zip(results, wins)]
+        frames, wave = join_windows(pieces, wins, spec.sample_rate)
+    return frames, wave, spec

@@ -155,6 +155,12 @@ def _pad_tokens(ctx: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(ctx, (0, 0, 0, length - ctx.shape[1]))
 
 
+def _prefix_timesteps(t: torch.Tensor, tokens: int, clean: int) -> torch.Tensor:
+    out = t[:, None].expand(t.shape[0], tokens).clone()
+    out[:, :clean] = 0.0
+    return out
+
+
 def _cat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors))
 
@@ -184,8 +190,11 @@ class EditDenoiser:
         batch_guidance: bool = True,
         cross_modal: bool = True,
         dtype: torch.dtype | None = None,
+        clean_tokens: dict[str, int] | None = None,
     ):
         self.model = model
+        # tokens at the start of each modality that are clean (σ = 0): they get timestep 0 per token
+        self.clean_tokens = {m: n for m, n in (clean_tokens or {}).items() if n}
         self.cross_modal = cross_modal
         self.dtype = dtype
         sources = {"video": video_source, "audio": audio_source}
@@ -224,6 +233,14 @@ class EditDenoiser:
                 src = cast(sources[m])
                 cond[f"{m}_source"] = _cat([src if p.source else torch.zeros_like(src) for p in passes])
             self._calls.append((g, passes[0].skip_layers, cond))
+        self._tokens = {}
+        for m in self.clean_tokens:
+            src = sources[m]
+            if m == "video":
+                patch = tuple(getattr(getattr(getattr(model, "config", None), "video", None), "patch_size", (1, 1, 1)))
+                self._tokens[m] = math.prod(d // p for d, p in zip(src.shape[2:], patch))
+            else:
+                self._tokens[m] = src.shape[1]
         self.calls_per_step = len(self._calls)
         self.passes_per_step = len(self.plan.passes)
 
@@ -245,6 +262,9 @@ class EditDenoiser:
                 inputs[m] = t if m in self.modalities else None
             batch = ref.shape[0] * n
             t_in = torch.full((batch,), timestep, dtype=torch.float32, device=ref.device)
+            per_token = {}
+            for m, n in self.clean_tokens.items():
+                per_token[f"{m}_timestep"] = _prefix_timesteps(t_in, self._tokens[m], n)
             out = self.model(
                 inputs["video"],
                 inputs["audio"],
@@ -255,6 +275,7 @@ class EditDenoiser:
                 audio_source=cond["audio_source"],
                 cross_modal=self.cross_modal,
                 skip_layers=skip,
+                **per_token,
             )
             for m, pred in zip(("video", "audio"), out[:2]):
                 if m not in self.modalities:

@@ -136,6 +136,8 @@ def sample(
     should_cancel: Callable[[], bool] | None = None,
     dtype: torch.dtype | None = None,
     preserve: PreserveMask | None = None,
+    video_prefix: torch.Tensor | None = None,
+    audio_prefix: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Edit source latents as the instruction says; returns the edited ``(video, audio)`` latents.
 
@@ -160,6 +162,12 @@ def sample(
     ``preserve``: a :class:`~.masks.PreserveMask`; outside it each step's result is replaced by the
     source noised to the step's σ (the source itself at the end).
     Results are float32 on the sources' device.
+
+    ``video_prefix`` [B, C, P, H, W] / ``audio_prefix`` [B, Pa, C]: clean latents the edit must
+    start with (a long edit's context from the previous window). They replace the first P latent
+    frames / Pa audio latents of the state before the first step and after every step, and the
+    model sees them at timestep 0 (per-token timesteps), so they stay clean (σ = 0) throughout and
+    the rest is denoised to continue them.
     """
     if conditioning is not None:
         given = [f for f, v in (("video_source", video_source), ("audio_source", audio_source),
@@ -191,6 +199,7 @@ def sample(
                 preserve.check(m, t)
 
     sources = {m: (t.to(torch.float32, copy=True) if t is not None else None) for m, t in latents.items()}
+    prefixes = _check_prefixes(sources, {"video": video_prefix, "audio": audio_prefix})
     if schedule.num_steps == 0:
         return sources["video"], sources["audio"]
 
@@ -206,6 +215,7 @@ def sample(
         eps = noise[m].to(src.device)
         # denoise = 1 starts from pure noise, as Ovi; lighter edits from the source noised to σ_start.
         x[m] = eps if full else torch.lerp(src, eps, sigma_start)
+    _keep_prefix(x, prefixes)
 
     denoiser = EditDenoiser(
         model,
@@ -219,6 +229,7 @@ def sample(
         batch_guidance=batch_guidance,
         cross_modal=cross_modal,
         dtype=dtype,
+        clean_tokens={m: _prefix_tokens(model, m, p) for m, p in prefixes.items()},
     )
     solvers = {m: make_solver(solver, schedule.sigmas) for m in denoiser.modalities}
     total = schedule.num_steps
@@ -230,9 +241,46 @@ def sample(
             x[m] = s.step(x[m], v[m])
             if preserve is not None:  # outside the mask: the source on the same noise path
                 x[m] = preserve.blend(m, x[m], torch.lerp(sources[m], noise[m].to(x[m].device), schedule.sigmas[i + 1]))
+        _keep_prefix(x, prefixes)
         if callback is not None:
             callback(i + 1, total, *(solvers[m].x0 if m in solvers else None for m in ("video", "audio")))
     return x["video"], x["audio"]
+
+
+def _check_prefixes(sources: dict, prefixes: dict) -> dict[str, torch.Tensor]:
+    out = {}
+    for m, p in prefixes.items():
+        if p is None:
+            continue
+        src = sources[m]
+        if src is None:
+            raise ValueError(f"{m}_prefix was given but {m}_source is None")
+        axis = 2 if m == "video" else 1
+        _check_latent(f"{m}_prefix", p, src.dim(), "[B, C, P, H, W]" if m == "video" else "[B, Pa, C]")
+        other = [d for i, d in enumerate(p.shape) if i != axis]
+        if other != [d for i, d in enumerate(src.shape) if i != axis] or not 0 < p.shape[axis] < src.shape[axis]:
+            raise ValueError(
+                f"{m}_prefix has shape {tuple(p.shape)}; expected {m}_source's {tuple(src.shape)} with a shorter "
+                f"{'frame' if m == 'video' else 'latent'} axis (the context must be shorter than the window)"
+            )
+        out[m] = p.to(src.device, torch.float32)
+    return out
+
+
+def _keep_prefix(x: dict, prefixes: dict) -> None:
+    for m, p in prefixes.items():
+        if m == "video":
+            x[m][:, :, : p.shape[2]] = p
+        else:
+            x[m][:, : p.shape[1]] = p
+
+
+def _prefix_tokens(model, m: str, prefix: torch.Tensor) -> int:
+    """Tokens the clean prefix makes after patchify: P frames x (H/ph)(W/pw) for video, Pa for audio."""
+    if m == "audio":
+        return prefix.shape[1]
+    patch = tuple(getattr(getattr(getattr(model, "config", None), "video", None), "patch_size", (1, 1, 1)))
+    return (prefix.shape[2] // patch[0]) * (prefix.shape[3] // patch[1]) * (prefix.shape[4] // patch[2])
 
 
 __all__ = ["sample", "initial_noise", "SamplingCancelled", "StepCallback", "MAX_SEED"]
