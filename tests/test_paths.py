@@ -201,10 +201,17 @@ def test_model_names_stay_in_the_fallback_folder_too(tmp_path, monkeypatch):
 def test_every_path_like_string_input_is_checked():
     """A new STRING input that names a file must come with a check: this list has to be extended on purpose."""
     checked = {("InstructAV2AVTrainingData", "data_path"), ("InstructAV2AVTextEncoderLoader", "tokenizer_path"),
-               ("InstructAV2AVTrain", "run_name")}
-    not_paths = {("InstructAV2AVSampler", "slg_layers"), ("InstructAV2AVInstructionEncode", "instruction"),
+               ("InstructAV2AVTrain", "run_name"), ("InstructAV2AVMakeEditPairs", "dataset_name"),
+               ("InstructAV2AVMakeEditPairs", "cutouts_folder"), ("InstructAV2AVMakeEditPairs", "sounds_folder"),
+               ("InstructAV2AVMakeEditPairs", "clips_folder")}
+    not_paths = {("InstructAV2AVSampler", "slg_layers"), ("InstructAV2AVSampler", "audio_ranges"),
+                 ("InstructAV2AVInstructionEncode", "instruction"),
                  ("InstructAV2AVInstructionEncode", "video_negative"),
-                 ("InstructAV2AVInstructionEncode", "audio_negative")}
+                 ("InstructAV2AVInstructionEncode", "audio_negative"),
+                 ("InstructAV2AVFlowEditEncode", "source_prompt"), ("InstructAV2AVFlowEditEncode", "target_prompt"),
+                 ("InstructAV2AVFlowEditEncode", "video_negative"), ("InstructAV2AVFlowEditEncode", "audio_negative"),
+                 ("InstructAV2AVFlowEditSampler", "slg_layers"), ("InstructAV2AVFlowEditSampler", "audio_ranges"),
+                 ("InstructAV2AVMakeEditPairs", "mask_name")}
     found = set()
     for node_id, cls in NODE_CLASS_MAPPINGS.items():
         spec = cls.INPUT_TYPES()
