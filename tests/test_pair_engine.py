@@ -204,3 +204,23 @@ def test_make_edit_pairs_node(tmp_path):
         with pytest.raises(FileExistsError):
             node.make(images, 12.0, "mine", 10, 0, 9, 64, 64, 0.2, audio=audio)
         assert NODE_CLASS_MAPPINGS["InstructAV2AVMakeEditPairs"].VALIDATE_INPUTS(sounds_folder="../x") is not True
+
+
+def test_the_training_guide_walk_from_my_media_to_training_runs_as_written(tmp_path, monkeypatch):
+    """docs/training.md, 'Pairs from your own media': its config and commands, on media made here."""
+    import shlex
+
+    from test_training_doc import _blocks
+
+    from instructav2av.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    make_media(tmp_path / "my_media", clips=2)
+    (config,) = _blocks("pairs-config")
+    (tmp_path / "pairs.toml").write_text(config)
+    (commands,) = _blocks("pairs-run")
+    for line in (x for x in commands.splitlines() if x.strip()):
+        argv = shlex.split(line)
+        assert argv[0] == "instructav2av" and main(argv[1:]) == 0, line
+    assert "neighbour's dog" in (tmp_path / "my_pairs/manifest.jsonl").read_text()
+    assert list((tmp_path / "runs/mine-video").glob("adapter_video_step*.safetensors"))
