@@ -137,13 +137,22 @@ class CrossAttention(SelfAttention):
             self.norm_source = LayerNorm(dim, eps, affine=True)
             self.gate = ops.Linear(3 * dim, num_heads)
 
+    def source_kv(self, source: torch.Tensor, rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source tokens [B, N, dim] -> (K_x with RoPE, V_x), each [B, N, heads, head_dim].
+
+        They depend on the source alone, so an edit can compute them once (``siga.SourceKVCache``).
+        """
+        src = self.norm_source(source)
+        k = apply_rope(self.heads(self.norm_k_source(self.k_source(src))), rope)
+        return k, self.heads(self.v_source(src))
+
     def forward(
         self,
         x: torch.Tensor,
         context: torch.Tensor,
         context_counts: torch.Tensor | None,
         rope: torch.Tensor,
-        source: torch.Tensor | None = None,
+        source: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
         other: torch.Tensor | None = None,
         other_rope: torch.Tensor | None = None,
         want_gate: bool = False,
@@ -151,6 +160,7 @@ class CrossAttention(SelfAttention):
         """``x`` is norm3(tokens) [B, N, dim]; returns (update [B, N, dim], gate [B, N, H] fp32 or None).
 
         ``context_counts`` ([T] ints or None) is how many padded slots each context row stands for.
+        ``source`` is the source tokens, or their ``(K_x, V_x)`` from :meth:`source_kv` (cached).
         """
         q = self.heads(self.norm_q(self.q(x)))
         k, v = self.heads(self.norm_k(self.k(context))), self.heads(self.v(context))
@@ -159,9 +169,8 @@ class CrossAttention(SelfAttention):
         gate = None
         if source is not None:
             q_rope = apply_rope(q, rope)
-            src = self.norm_source(source)
-            k_src = apply_rope(self.heads(self.norm_k_source(self.k_source(src))), rope)
-            from_source = attention(q_rope, k_src, self.heads(self.v_source(src)), backend=self.attention_backend)  # f̂_x
+            k_src, v_src = source if isinstance(source, tuple) else self.source_kv(source, rope)
+            from_source = attention(q_rope, k_src, v_src, backend=self.attention_backend)  # f̂_x
             logits = self.gate(torch.cat([from_source.flatten(2), out.flatten(2), x], dim=-1)).float()
             # (1-G) f̂_x + G f̂_c written as f̂_c + (1-G)(f̂_x - f̂_c), with 1-G = sigmoid(-logit) in
             # float32: near G = 1 this keeps (1-G) exact instead of rounding G to bf16 first.
@@ -238,7 +247,7 @@ class Block(nn.Module):
         context: torch.Tensor,
         context_counts: torch.Tensor | None,
         rope: torch.Tensor,
-        source: torch.Tensor | None,
+        source: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
         other: torch.Tensor | None,
         other_rope: torch.Tensor | None,
         want_gate: bool,

@@ -94,29 +94,34 @@ class WanTower(nn.Module):
         return self.text_embedding(F.pad(context, (0, 0, 0, 1))), counts
 
     def embed_tokens(
-        self, x: torch.Tensor, source: torch.Tensor | None
+        self, x: torch.Tensor, source: torch.Tensor | None, with_source: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...]]:
-        """Latents -> (tokens [B, N, dim], source tokens or None, grid). Editor mode concatenates the source."""
+        """Latents -> (tokens [B, N, dim], source tokens or None, grid). Editor mode concatenates the source.
+
+        ``with_source=False`` skips the source tokens (None): cached source keys/values need none.
+        """
         grid = self.grid(x)
         if self.config.modality == "video":
-            pe = self.patch_embedding
             # [B, dim, F, H, W] -> [B, N, dim]; contiguous, or every later op would copy the stream
             tokens = (
-                pe(torch.cat([x, source], dim=1) if self.editor else x)
+                self.patch_embedding(torch.cat([x, source], dim=1) if self.editor else x)
                 .flatten(2)
                 .transpose(1, 2)
                 .contiguous()
             )
-            src = None
-            if self.editor:  # Ovi's patch embedding (the first in_dim input channels) on the source
-                weight, bias = cast_params(pe, source)
-                src = F.conv3d(source, weight[:, : self.config.in_dim], bias, stride=pe.stride)
-                src = src.flatten(2).transpose(1, 2).contiguous()
-            return tokens, src, grid
-        pe = self.patch_embedding
-        tokens = pe(torch.cat([x, source], dim=2) if self.editor else x)
-        src = pe(source, in_channels=self.config.in_dim) if self.editor else None
+        else:
+            tokens = self.patch_embedding(torch.cat([x, source], dim=2) if self.editor else x)
+        src = self.embed_source(source) if self.editor and with_source else None
         return tokens, src, grid
+
+    def embed_source(self, source: torch.Tensor) -> torch.Tensor:
+        """Source latent -> source tokens [B, N, dim]: Ovi's patch embedding (its first in_dim input channels)."""
+        pe = self.patch_embedding
+        if self.config.modality == "video":
+            weight, bias = cast_params(pe, source)
+            src = F.conv3d(source, weight[:, : self.config.in_dim], bias, stride=pe.stride)
+            return src.flatten(2).transpose(1, 2).contiguous()
+        return pe(source, in_channels=self.config.in_dim)
 
     def grid(self, x: torch.Tensor) -> tuple[int, ...]:
         if self.config.modality == "video":
@@ -149,6 +154,21 @@ class _Stream:
     context: torch.Tensor
     context_counts: torch.Tensor | None
     source: torch.Tensor | None
+    cache: siga.SourceKVCache | None = None
+    cached: siga.SourceEntry | None = None  # this tower's cached source K/V (``cache`` given)
+
+    def source_for(self, i: int, block: Block) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
+        """What block ``i``'s SIGA reads: the source tokens, or their K/V from the cache (filled if absent)."""
+        if self.cached is None:
+            return self.source
+        kv = self.cached.kv.get(i)
+        if kv is None:
+            kv = block.cross_attn.source_kv(self.source, self.rope)
+            self.cached.store(i, *kv)
+            self.cache.computed += 1
+            return kv
+        self.cache.reused += 1
+        return self.cached.expand(*kv)
 
 
 class AVEditorDiT(nn.Module):
@@ -259,6 +279,7 @@ class AVEditorDiT(nn.Module):
         video_timestep: torch.Tensor | None = None,
         audio_timestep: torch.Tensor | None = None,
         first_frame_is_clean: bool = False,
+        source_cache: siga.SourceKVCache | None = None,
     ):
         """Predict the flow velocity ``v = noise - x0`` for both modalities.
 
@@ -280,6 +301,10 @@ class AVEditorDiT(nn.Module):
         Returns ``(video_pred, audio_pred)`` (None for an absent modality), plus with
         ``return_gates`` a dict ``{"video": [B, layers, Nv, heads], "audio": [B, layers, La, heads]}``
         of float32 gates G (NaN for skipped layers; None for an absent modality).
+
+        ``source_cache`` (editor mode, no autograd): the SIGA source keys/values are read from it
+        and computed only where absent (see :class:`~.siga.SourceKVCache`); results are the same as
+        without it. Ignored while gradients are recorded (training) and in base mode.
         """
         inputs = {
             "video": (video, video_context, video_source),
@@ -301,16 +326,25 @@ class AVEditorDiT(nn.Module):
         if first_frame_is_clean and video_timestep is not None:
             raise ValueError("give either first_frame_is_clean=True or video_timestep, not both")
 
+        if source_cache is not None and not isinstance(source_cache, siga.SourceKVCache):
+            raise TypeError(f"source_cache must be a SourceKVCache, got {type(source_cache).__name__}")
+        cache = source_cache if self.editor and not torch.is_grad_enabled() else None
+        needed = set(range(self.num_layers)) - skip
         streams: dict[str, _Stream] = {}
         xs: dict[str, torch.Tensor] = {}
         for m in present:
-            x, ctx, src = inputs[m]
+            x, ctx, src_arg = inputs[m]
             tower = towers[m]
-            self._check_inputs(m, tower.config, x, ctx, src, batch)
+            self._check_inputs(m, tower.config, x, ctx, src_arg, batch)
             x = x.to(dtype)
+            src = src_arg
             if self.editor:
                 src = torch.zeros_like(x) if src is None else src.to(dtype)
-            xs[m], src_tokens, grid = tower.embed_tokens(x, src)
+            cached = None if cache is None else cache.entry(m, src_arg, x)
+            missing = cached is not None and not needed <= cached.kv.keys()
+            xs[m], src_tokens, grid = tower.embed_tokens(x, src, with_source=cached is None)
+            if missing:  # on the whole batch, as without the cache, so that the results are the same bits
+                src_tokens = tower.embed_source(src)
             t_m = token_t[m]
             if m == "video" and first_frame_is_clean:
                 t_m = prefix_timesteps(timestep, xs[m].shape[1], math.prod(grid[1:]))
@@ -318,8 +352,9 @@ class AVEditorDiT(nn.Module):
                 t_m = self._check_token_timestep(m, t_m, batch, xs[m].shape[1]).to(x.device)
             e, e0 = tower.embed_time(timestep if t_m is None else t_m, dtype)
             streams[m] = _Stream(
-                tower, grid, tower.rope(grid, x.device), e, e0, *tower.embed_text(ctx.to(dtype)), src_tokens
-            )
+                tower, grid, tower.rope(grid, x.device), e, e0, *tower.embed_text(ctx.to(dtype)), src_tokens,
+                cache, cached,
+            )  # fmt: skip
 
         fused = len(present) == 2 and cross_modal
         gates: dict[str, list] = {m: [] for m in present}
@@ -374,7 +409,7 @@ class AVEditorDiT(nn.Module):
                 s.context,
                 s.context_counts,
                 s.rope,
-                s.source,
+                s.source_for(i, blocks[m]),
                 post_self[other] if other else None,
                 streams[other].rope if other else None,
                 want_gates,

@@ -77,3 +77,102 @@ def pin_gate(blocks: Iterable[nn.Module], bias: float) -> None:
     for block in blocks:
         block.cross_attn.gate.weight.zero_()
         block.cross_attn.gate.bias.fill_(bias)
+
+
+class SourceKVCache:
+    """The SIGA source path's keys and values of one edit, reused across sampling steps.
+
+    ``K_x``/``V_x`` of every block depend only on the clean source latent (``norm_source``,
+    ``k_source``/``v_source``, ``norm_k_source`` and the tower's RoPE), never on the noisy latent or
+    the timestep, so one edit needs them once per block and tower, not once per step and guidance
+    pass. The sampler builds one cache per edit and hands it to every model call; the model fills
+    it on the first call and reads it afterwards (``AVEditorDiT.forward(..., source_cache=)``).
+
+    Entries are bound to the source tensor object passed to the model (and its in-place version
+    counter): another tensor, or the same tensor changed in place, gets fresh keys and values, so
+    a stale entry is never read. Identical batch rows (the guidance passes that share the source)
+    are stored once (computed, in the first call, on the whole batch as without the cache, so that
+    every result is bit-identical to the uncached model's). Under autograd (training) the model ignores the cache: the
+    gradients must flow through the source path. Memory: per tower, per distinct source row,
+    2 x layers x tokens x dim values in the compute dtype.
+    """
+
+    MAX_ENTRIES = 4  # per tower: one per distinct source tensor of a step's model calls
+
+    def __init__(self) -> None:
+        self._entries: dict[str, list[SourceEntry]] = {}
+        self.computed = 0  # block K/V pairs computed (a test counts them)
+        self.reused = 0  # block K/V pairs read from the cache
+
+    def entry(self, modality: str, source: torch.Tensor | None, like: torch.Tensor) -> SourceEntry:
+        """The entry for ``source`` (None: the zero source shaped like ``like``), made if absent or stale."""
+        key = ("zeros", tuple(like.shape), like.dtype, like.device) if source is None else None
+        entries = self._entries.setdefault(modality, [])
+        for e in entries:
+            if e.matches(source, key):
+                return e
+        rows = [0] * like.shape[0] if source is None else unique_rows(source)
+        e = SourceEntry(source, key, rows)
+        entries.append(e)
+        if len(entries) > self.MAX_ENTRIES:
+            entries.pop(0)
+        return e
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._entries.values())
+
+
+class SourceEntry:
+    """Cached K/V of one tower for one source tensor: ``kv[block] = (k, v)`` of the distinct rows."""
+
+    def __init__(self, source: torch.Tensor | None, key: tuple | None, rows: list[int]):
+        self.source = source  # held so that its id cannot be reused by another tensor
+        self.version = None if source is None else source._version
+        self.key = key
+        self.rows = rows  # batch row -> distinct row
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def matches(self, source: torch.Tensor | None, key: tuple | None) -> bool:
+        if source is None or self.source is None:
+            return source is None and self.source is None and key == self.key
+        return source is self.source and source._version == self.version
+
+    @property
+    def distinct(self) -> list[int]:
+        """The first batch row of each distinct source row."""
+        return [self.rows.index(j) for j in range(max(self.rows) + 1)]
+
+    def store(self, block: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keep block ``block``'s K/V (computed on every batch row) for its distinct rows only."""
+        distinct = self.distinct
+        if len(distinct) < len(self.rows):
+            k, v = k[distinct], v[distinct]
+        self.kv[block] = (k, v)
+
+    def expand(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distinct-row K/V -> one per batch row (a view where one row serves all)."""
+        b = len(self.rows)
+        if self.rows == list(range(b)):
+            return k, v
+        if k.shape[0] == 1:
+            return k.expand(b, *k.shape[1:]), v.expand(b, *v.shape[1:])
+        idx = torch.tensor(self.rows, device=k.device)
+        return k.index_select(0, idx), v.index_select(0, idx)
+
+
+def unique_rows(x: torch.Tensor) -> list[int]:
+    """For each batch row of ``x``, the index of its distinct value (in order of first appearance)."""
+    firsts: list[int] = []
+    rows: list[int] = []
+    for i in range(x.shape[0]):
+        for j, f in enumerate(firsts):
+            if torch.equal(x[i], x[f]):
+                rows.append(j)
+                break
+        else:
+            firsts.append(i)
+            rows.append(len(firsts) - 1)
+    return rows

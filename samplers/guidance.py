@@ -14,6 +14,7 @@ edited is not run: s_src = 1 drops ``uncond``, s_ins = s_src drops ``source``, s
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import NamedTuple, Protocol
 import torch
 
 from ..models.configs import OVI_SLG_LAYER  # re-exported: samplers' public name for it
+from ..models.siga import SourceKVCache
 
 MAX_SCALE = 100.0  # ComfyUI's CFG widget range; beyond it results are noise, not edits
 
@@ -148,6 +150,14 @@ def combine(preds: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Te
     return out
 
 
+def _takes_source_cache(model: ModelFn) -> bool:
+    try:
+        # an nn.Module's __call__ takes (*args, **kwargs): its forward says what it accepts
+        return "source_cache" in inspect.signature(getattr(model, "forward", model)).parameters
+    except (TypeError, ValueError):  # a callable without a signature: call it as the protocol says
+        return False
+
+
 def _pad_tokens(ctx: torch.Tensor, length: int) -> torch.Tensor:
     # Exact for our model: it zero-pads every context to text_len and attends all slots (as Ovi).
     if ctx.shape[1] == length:
@@ -174,6 +184,12 @@ class EditDenoiser:
     (so with skip-layer guidance the unconditional pass runs on its own); otherwise each pass is a
     call of its own (less memory). Per step only the noisy latents are cast and, for batches of
     more than one, repeated (a batch of one is expanded, not copied).
+
+    ``cache_source`` (default on): the SIGA source keys/values are computed in the first step and
+    reused in every later step and pass (:class:`~..models.siga.SourceKVCache`, one per denoiser,
+    i.e. per edit), for a model whose forward takes ``source_cache``. Same results; costs
+    2 x layers x tokens x dim per tower and distinct source (the source, and the zeros of the
+    unconditional pass) of memory for the edit's duration.
     """
 
     def __init__(
@@ -191,10 +207,12 @@ class EditDenoiser:
         cross_modal: bool = True,
         dtype: torch.dtype | None = None,
         clean_tokens: dict[str, int] | None = None,
+        cache_source: bool = True,
     ):
         self.model = model
         # tokens at the start of each modality that are clean (σ = 0): they get timestep 0 per token
         self.clean_tokens = {m: n for m, n in (clean_tokens or {}).items() if n}
+        self.source_cache = SourceKVCache() if cache_source and _takes_source_cache(model) else None
         self.cross_modal = cross_modal
         self.dtype = dtype
         sources = {"video": video_source, "audio": audio_source}
@@ -276,6 +294,7 @@ class EditDenoiser:
                 cross_modal=self.cross_modal,
                 skip_layers=skip,
                 **per_token,
+                **({} if self.source_cache is None else {"source_cache": self.source_cache}),
             )
             for m, pred in zip(("video", "audio"), out[:2]):
                 if m not in self.modalities:

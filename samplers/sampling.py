@@ -138,6 +138,7 @@ def sample(
     preserve: PreserveMask | None = None,
     video_prefix: torch.Tensor | None = None,
     audio_prefix: torch.Tensor | None = None,
+    cache_source: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Edit source latents as the instruction says; returns the edited ``(video, audio)`` latents.
 
@@ -168,6 +169,8 @@ def sample(
     frames / Pa audio latents of the state before the first step and after every step, and the
     model sees them at timestep 0 (per-token timesteps), so they stay clean (σ = 0) throughout and
     the rest is denoised to continue them.
+    ``cache_source``: compute the SIGA source keys/values once for the whole edit instead of once
+    per step and pass (same results; see :class:`~.guidance.EditDenoiser`).
     """
     if conditioning is not None:
         given = [f for f, v in (("video_source", video_source), ("audio_source", audio_source),
@@ -230,6 +233,7 @@ def sample(
         cross_modal=cross_modal,
         dtype=dtype,
         clean_tokens={m: _prefix_tokens(model, m, p) for m, p in prefixes.items()},
+        cache_source=cache_source,
     )
     solvers = {m: make_solver(solver, schedule.sigmas) for m in denoiser.modalities}
     total = schedule.num_steps
