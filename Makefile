@@ -4,6 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The dev/test torch is pinned here, never in requirements.txt.
 TORCH_PINS := torch==2.9.1 torchaudio==2.9.1
+# Attention libraries, installed without their dependencies (they would pull another torch) so that
+# tests/test_attention_contracts.py checks our calls against their real front ends on the CPU:
+# xformers 0.0.33.post1 is the build for torch 2.9.1; sageattention 1.x is Triton code.
+# flash-attn has no CPU wheel (source archive needing nvcc): its API is stood in for in that test.
+ATTENTION_PINS := xformers==0.0.33.post1 sageattention==1.0.6
 
 .PHONY: setup test lint validate pack demo clean
 
@@ -12,6 +17,7 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(ATTENTION_PINS)
 	touch $@
 
 setup: $(VENV)/.installed

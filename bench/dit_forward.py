@@ -6,9 +6,11 @@ Times one forward pass, bf16, batch 1, identical weights, for
       flash-attention replaced by SDPA, CUDA autocast mapped to CPU autocast), when available;
   (b) our ``AVEditorDiT`` in base mode (Ovi's maths);
   (c) our editor mode (source concatenation + SIGA), converted from the same weights;
+  (d) the editor as the sampler runs it: the SIGA source keys/values cached (computed in an
+      earlier step of the same edit, ``SourceKVCache``), i.e. one editor sampling pass;
 
-and prints the ratios against the targets (base <= 0.8x reference, editor <= 1.3x reference)
-and the fraction of this machine's bf16 matmul throughput each reaches (target >= 50%).
+and prints the ratios against the targets (base <= 0.8x reference, editor <= 1.3x reference,
+an editor sampling pass with the source K/V cached <= 1.2x a base pass, issue 12) and the fraction of this machine's bf16 matmul throughput each reaches (target >= 50%).
 Throughput is measured with a 2048^3 bf16 GEMM timed in the same rounds as the models. The
 models' matmul FLOPs (attention included) are counted analytically (``forward_flops``) at the
 work the maths needs, one count for Ovi and us: the time embedding once per sample (Ovi: once
@@ -41,14 +43,17 @@ import torch
 
 from instructav2av.models.configs import ModelConfig, TowerConfig, get_preset
 from instructav2av.models.dit import AVEditorDiT, init_editor_from_base
+from instructav2av.models.siga import SourceKVCache
 
 VIDEO_SHAPE = (1, 48, 5, 32, 32)
 AUDIO_SHAPE = (1, 40, 20)
 CONTEXT_TOKENS = 128
 BASE_TARGET = 0.8  # x reference time
 EDITOR_TARGET = 1.3  # x reference (base) time
+CACHED_TARGET = 1.2  # editor sampling pass, source K/V cached, x our base pass (issue 12)
 THROUGHPUT_TARGET = 0.5  # of measured bf16 matmul throughput
 REFERENCE, BASE, EDITOR, MATMUL = "reference (Ovi)", "ours, base", "ours, editor", "matmul"
+CACHED = "editor, K/V cached"
 
 
 def _load_reference_helper():
@@ -62,7 +67,9 @@ def _load_reference_helper():
 
 
 # -- analytic FLOPs ------------------------------------------------------------------------------
-def _tower_flops(t: TowerConfig, n: int, n_other: int, text_tokens: int, editor: bool) -> float:
+def _tower_flops(
+    t: TowerConfig, n: int, n_other: int, text_tokens: int, editor: bool, cached: bool = False
+) -> float:
     """Matmul FLOPs (2 per multiply-add) of one tower on ``n`` tokens, batch 1.
 
     The instruction counts as ``text_tokens`` + 1 rows: Ovi zero-pads it to text_len, but every
@@ -76,17 +83,17 @@ def _tower_flops(t: TowerConfig, n: int, n_other: int, text_tokens: int, editor:
         f = lin(n, cin * t.patch_size[0] * t.patch_size[1] * t.patch_size[2], d)
     else:  # Conv1d k7 stem, then the SwiGLU ConvMLP (three k7 convolutions)
         f = lin(n, cin * 7, d) + 3 * lin(n, d * 7, t.audio_conv_hidden)
-        if editor:  # the source goes through the stem once more
+        if editor and not cached:  # the source goes through the stem once more
             f += lin(n, t.in_dim * 7, d) + 3 * lin(n, d * 7, t.audio_conv_hidden)
-    if editor and t.modality == "video":
+    if editor and not cached and t.modality == "video":
         f += lin(n, t.in_dim * t.patch_size[0] * t.patch_size[1] * t.patch_size[2], d)
     f += lin(L, t.text_dim, d) + lin(L, d, d)  # text MLP on the padded context
     f += lin(1, t.freq_dim, d) + lin(1, d, d) + lin(1, d, 6 * d)  # time embedding, once per sample
     block = 4 * lin(n, d, d) + attn(n, n)  # self-attention
     block += 2 * lin(n, d, d) + 2 * lin(L, d, d) + attn(n, L)  # text attention (q, o, k, v)
     block += 2 * lin(n_other, d, d) + attn(n, n_other)  # k_fusion, v_fusion, attention
-    if editor:
-        block += 2 * lin(n, d, d) + attn(n, n) + lin(n, 3 * d, t.num_heads)  # SIGA source path + gate
+    if editor:  # SIGA: source K/V projections (cached: none), source attention, gate
+        block += (0 if cached else 2 * lin(n, d, d)) + attn(n, n) + lin(n, 3 * d, t.num_heads)
     block += 2 * lin(n, d, t.ffn_dim)
     f += t.num_layers * block
     prod = 1
@@ -96,11 +103,15 @@ def _tower_flops(t: TowerConfig, n: int, n_other: int, text_tokens: int, editor:
 
 
 def forward_flops(
-    config: ModelConfig, video_tokens: int, audio_tokens: int, text_tokens: int, editor: bool
+    config: ModelConfig, video_tokens: int, audio_tokens: int, text_tokens: int, editor: bool,
+    cached: bool = False,
 ) -> float:
-    """Matmul FLOPs of one fused forward (both towers, cross-modal attention on), batch 1."""
-    return _tower_flops(config.video, video_tokens, audio_tokens, text_tokens, editor) + _tower_flops(
-        config.audio, audio_tokens, video_tokens, text_tokens, editor
+    """Matmul FLOPs of one fused forward (both towers, cross-modal attention on), batch 1.
+
+    ``cached``: the editor with its source keys/values cached (no source embedding, no K/V projections).
+    """
+    return _tower_flops(config.video, video_tokens, audio_tokens, text_tokens, editor, cached) + _tower_flops(
+        config.audio, audio_tokens, video_tokens, text_tokens, editor, cached
     )
 
 
@@ -154,13 +165,18 @@ def _report(clock: str, times: dict[str, list[float]], flops: dict[str, float]) 
           f"best {peak['best'] / 1e9:.0f} GFLOP/s")  # fmt: skip
     for name, ts in times.items():
         cols = [f"{k} {f(ts) * 1e3:7.1f} ms = {flops[name] / f(ts) / peak[k]:5.1%}" for k, f in stats.items()]
-        print(f"  {name:<16} {flops[name] / 1e9:5.1f} GFLOP   " + "   ".join(cols) + "  of matmul throughput")
+        print(f"  {name:<18} {flops[name] / 1e9:5.1f} GFLOP   " + "   ".join(cols) + "  of matmul throughput")
     if REFERENCE in times:
         for name, target in ((BASE, BASE_TARGET), (EDITOR, EDITOR_TARGET)):
             per_round = statistics.median(x / r for x, r in zip(times[name], times[REFERENCE]))
             best = min(times[name]) / min(times[REFERENCE])
-            print(f"  {name:<16} vs reference: {per_round:.2f}x (median per-round) {_verdict(per_round <= target)}, "
+            print(f"  {name:<18} vs reference: {per_round:.2f}x (median per-round) {_verdict(per_round <= target)}, "
                   f"{best:.2f}x (best) {_verdict(best <= target)}   target <= {target}x")  # fmt: skip
+    for name, target in ((EDITOR, None), (CACHED, CACHED_TARGET)):
+        per_round = statistics.median(x / r for x, r in zip(times[name], times[BASE]))
+        best = min(times[name]) / min(times[BASE])
+        verdict = f"{_verdict(per_round <= target)} / {_verdict(best <= target)}   target <= {target}x" if target else "(no target)"
+        print(f"  {name:<18} vs our base: {per_round:.2f}x (median per-round), {best:.2f}x (best)  {verdict}")
     frac = {k: flops[BASE] / f(times[BASE]) / peak[k] for k, f in stats.items()}
     print(f"  {BASE:<16} throughput: {frac['median']:.1%} (median) {_verdict(frac['median'] >= THROUGHPUT_TARGET)}, "
           f"{frac['best']:.1%} (best) {_verdict(frac['best'] >= THROUGHPUT_TARGET)}   "
@@ -205,17 +221,24 @@ def main(argv: list[str] | None = None) -> int:
         editor = AVEditorDiT(config, editor=True)
     editor = init_editor_from_base(editor, state).to(torch.bfloat16).eval()
     source_v, source_a = torch.randn_like(video), torch.randn_like(audio)
+    cache = SourceKVCache()
+    with torch.no_grad():  # an earlier step of the same edit fills the cache
+        editor(video, audio, t, ctx, ctx, video_source=source_v, audio_source=source_a, source_cache=cache)
 
     runs = {}
     if reference is not None:
         runs[REFERENCE] = lambda: ref_helper.run_reference(reference, video, audio, t, ctx, ctx)
     runs[BASE] = lambda: base(video, audio, t, ctx, ctx)
     runs[EDITOR] = lambda: editor(video, audio, t, ctx, ctx, video_source=source_v, audio_source=source_a)
+    runs[CACHED] = lambda: editor(
+        video, audio, t, ctx, ctx, video_source=source_v, audio_source=source_a, source_cache=cache
+    )
     base_flops = forward_flops(config, nv, na, CONTEXT_TOKENS, editor=False)
     flops = {
         REFERENCE: base_flops,
         BASE: base_flops,
         EDITOR: forward_flops(config, nv, na, CONTEXT_TOKENS, editor=True),
+        CACHED: forward_flops(config, nv, na, CONTEXT_TOKENS, editor=True, cached=True),
     }
 
     print(f"bench-mid: dim {config.video.dim}, {config.video.num_layers} layers, head_dim {config.video.head_dim}; "
@@ -229,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         _report(clock, times[clock], flops)
 
     if args.profile:
-        for name in (BASE, EDITOR):
+        for name in (BASE, EDITOR, CACHED):
             with torch.no_grad(), torch.profiler.profile() as prof:
                 runs[name]()
             print(f"\n== profile: {name} ==")

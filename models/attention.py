@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("sdpa", "xformers", "flash_attn", "sage", "reference")
 ENV_VAR = "INSTRUCTAV2AV_ATTENTION"
 _HALF = (torch.float16, torch.bfloat16)
+SAGE_HEAD_DIMS = (64, 96, 128)  # the head sizes sageattention 1.x has kernels for (its sageattn asserts)
 
 _override: str | None = None
 _decisions: dict[tuple, tuple[str, str]] = {}
@@ -282,8 +283,8 @@ def attention(
         if name == "reference" or (name == "sdpa" and q.device.type == "cpu"):
             return _IMPLS[name](q, k, v, None, k_counts)
         k, v = _expand_counts(k, v, k_counts)
-    if name == "sage" and k_lens is not None:
-        name = "sdpa"  # SageAttention has no key mask
+    if name == "sage" and (k_lens is not None or q.shape[-1] not in SAGE_HEAD_DIMS):
+        name = "sdpa"  # SageAttention has no key mask, and asserts on other head sizes
     return _IMPLS[name](q, k, v, k_lens)
 
 
