@@ -520,8 +520,10 @@ def demo_clip_sample(folder: str | Path = ASSETS):
 
 @torch.no_grad()
 def edit_samples(bundle, samples, *, seed: int = 0, steps: int | None = None, shift: float | None = None,
-                 solver: str | None = None, guidance=None, batch_size: int = 8):
-    """Edit synthetic samples in batches with ``bundle``; returns ``[(video [3,T,H,W], audio [N])]``."""
+                 solver: str | None = None, guidance=None, batch_size: int = 8, step_cache: float = 0.0):
+    """Edit synthetic samples in batches with ``bundle``; returns ``[(video [3,T,H,W], audio [N])]``.
+
+    ``step_cache``: the sampler's step-caching threshold (0 = off; ``bench/step_speedups.py``)."""
     from ..editing.stages import decode_latents
     from ..samplers import EditConditioning, sample
 
@@ -539,7 +541,7 @@ def edit_samples(bundle, samples, *, seed: int = 0, steps: int | None = None, sh
         neg = empty[None].expand(len(chunk), -1, -1).to(dev)
         v, a = sample(bundle.model, EditConditioning.of(video, audio, ctx, neg, neg), steps=steps or d.steps,
                       shift=d.shift if shift is None else shift, solver=solver or d.solver, seed=seed,
-                      guidance=guidance or d.guidance, dtype=bundle.dtype)
+                      guidance=guidance or d.guidance, dtype=bundle.dtype, step_cache=step_cache)
         frames, waves = decode_latents(bundle, v, a, num_samples=chunk[0].source_audio.shape[0])
         outputs += list(zip(frames, waves))
     return outputs

@@ -216,6 +216,7 @@ class FeedForward(nn.Sequential):
             and x.dtype in (torch.bfloat16, torch.float32)
             and not (torch.is_grad_enabled() and (x.requires_grad or up.weight.requires_grad))
             and not _cpu_autocast()
+            and not torch.compiler.is_compiling()  # inductor fuses this itself (and cannot lower the call)
         ):
             weight, bias = cast_params(up, x)
             return down(torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "tanh"))

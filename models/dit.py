@@ -31,6 +31,7 @@ from .blocks import AudioPatchEmbedding, Block, Head, TokenTime, sinusoidal_embe
 from .configs import ModelConfig, TowerConfig
 from .ops import cast_params, get_ops
 from .rope import audio_rope, video_rope
+from .step_cache import StepCache
 
 
 class WanTower(nn.Module):
@@ -194,6 +195,7 @@ class AVEditorDiT(nn.Module):
         self.video_model = WanTower(v, self.editor, ops)
         self.audio_model = WanTower(a, self.editor, ops)
         self.gradient_checkpointing = False
+        self.compiled = False  # compile_blocks()
         self._compute_dtype: torch.dtype | None = None
         self.init_weights()
 
@@ -216,6 +218,24 @@ class AVEditorDiT(nn.Module):
     @compute_dtype.setter
     def compute_dtype(self, dtype: torch.dtype | None) -> None:
         self._compute_dtype = dtype
+
+    # -- torch.compile -------------------------------------------------------------------------
+    def compile_blocks(self, enabled: bool = True, **options) -> None:
+        """``torch.compile`` every block's two halves (off by default); ``enabled=False`` undoes it.
+
+        The halves are what the fused forward calls (``attend_self``, ``attend_context_ffn``); the
+        blocks of a tower share their compiled code (their parameters are graph inputs), so a model
+        compiles once per tower and input shape. ``options`` go to ``torch.compile`` (e.g.
+        ``mode="max-autotune"``, ``dynamic=True`` for changing clip sizes). The weights and the
+        state dict are untouched. The first call pays the compilation (minutes on a small CPU).
+        """
+        for tower in (self.video_model, self.audio_model):
+            for block in tower.blocks:
+                for name in ("attend_self", "attend_context_ffn"):
+                    block.__dict__.pop(name, None)  # back to the class's plain method
+                    if enabled:
+                        setattr(block, name, torch.compile(getattr(block, name), **options))
+        self.compiled = bool(enabled)
 
     # -- initialisation ------------------------------------------------------------------------
     @torch.no_grad()
@@ -280,6 +300,7 @@ class AVEditorDiT(nn.Module):
         audio_timestep: torch.Tensor | None = None,
         first_frame_is_clean: bool = False,
         source_cache: siga.SourceKVCache | None = None,
+        step_cache: StepCache | None = None,
     ):
         """Predict the flow velocity ``v = noise - x0`` for both modalities.
 
@@ -305,6 +326,8 @@ class AVEditorDiT(nn.Module):
         ``source_cache`` (editor mode, no autograd): the SIGA source keys/values are read from it
         and computed only where absent (see :class:`~.siga.SourceKVCache`); results are the same as
         without it. Ignored while gradients are recorded (training) and in base mode.
+        ``step_cache`` (no autograd, no gates): may skip every block and reuse the previous call's
+        residual when the input barely changed (an approximation; see :mod:`.step_cache`).
         """
         inputs = {
             "video": (video, video_context, video_source),
@@ -358,6 +381,14 @@ class AVEditorDiT(nn.Module):
 
         fused = len(present) == 2 and cross_modal
         gates: dict[str, list] = {m: [] for m in present}
+        if step_cache is not None and not isinstance(step_cache, StepCache):
+            raise TypeError(f"step_cache must be a StepCache, got {type(step_cache).__name__}")
+        steps = step_cache if step_cache is not None and not torch.is_grad_enabled() and not return_gates else None
+        if steps is not None:
+            indicators = {m: self._indicator(xs[m], s) for m, s in streams.items()}
+            if steps.should_skip(indicators):
+                return self._heads({m: xs[m] + steps.residual(m) for m in present}, streams, None)
+            inputs_xs = dict(xs)
         for i in range(self.num_layers):
             if i in skip:
                 for m in present:
@@ -373,17 +404,28 @@ class AVEditorDiT(nn.Module):
             for m in present:
                 gates[m].append(layer_gates.get(m))
 
+        if steps is not None:
+            steps.store({m: xs[m] - inputs_xs[m] for m in present})
+        return self._heads(xs, streams, gates if return_gates else None)
+
+    def _heads(self, xs: Mapping[str, torch.Tensor], streams: Mapping[str, _Stream], gates: dict | None):
         preds = {"video": None, "audio": None}
-        for m in present:
-            s = streams[m]
+        for m, s in streams.items():
             preds[m] = s.tower.unpatchify(s.tower.head(xs[m], s.e), s.grid)
-        if not return_gates:
+        if gates is None:
             return preds["video"], preds["audio"]
         return (
             preds["video"],
             preds["audio"],
             {m: self._stack_gates(gates.get(m)) for m in ("video", "audio")},
         )
+
+    @staticmethod
+    def _indicator(x: torch.Tensor, s: _Stream) -> torch.Tensor:
+        """The first block's modulated input (moves with the latent and the timestep): step caching's measure."""
+        block = s.tower.blocks[0]
+        shift, scale = block.modulation(s.e0)[:2]
+        return torch.addcmul(shift, block.norm1(x), 1 + scale)
 
     def _layer(
         self,

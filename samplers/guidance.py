@@ -24,6 +24,7 @@ import torch
 
 from ..models.configs import OVI_SLG_LAYER  # re-exported: samplers' public name for it
 from ..models.siga import SourceKVCache
+from ..models.step_cache import StepCache
 
 MAX_SCALE = 100.0  # ComfyUI's CFG widget range; beyond it results are noise, not edits
 
@@ -150,10 +151,10 @@ def combine(preds: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Te
     return out
 
 
-def _takes_source_cache(model: ModelFn) -> bool:
+def _takes(model: ModelFn, argument: str) -> bool:
     try:
         # an nn.Module's __call__ takes (*args, **kwargs): its forward says what it accepts
-        return "source_cache" in inspect.signature(getattr(model, "forward", model)).parameters
+        return argument in inspect.signature(getattr(model, "forward", model)).parameters
     except (TypeError, ValueError):  # a callable without a signature: call it as the protocol says
         return False
 
@@ -190,6 +191,10 @@ class EditDenoiser:
     i.e. per edit), for a model whose forward takes ``source_cache``. Same results; costs
     2 x layers x tokens x dim per tower and distinct source (the source, and the zeros of the
     unconditional pass) of memory for the edit's duration.
+
+    ``step_cache`` > 0 (off by default; an approximation): each model call of a step may skip its
+    blocks when their input changed less than this (relative L1, summed since the last computed
+    call; :class:`~..models.step_cache.StepCache`, one per call, i.e. per group of passes).
     """
 
     def __init__(
@@ -208,11 +213,12 @@ class EditDenoiser:
         dtype: torch.dtype | None = None,
         clean_tokens: dict[str, int] | None = None,
         cache_source: bool = True,
+        step_cache: float = 0.0,
     ):
         self.model = model
         # tokens at the start of each modality that are clean (σ = 0): they get timestep 0 per token
         self.clean_tokens = {m: n for m, n in (clean_tokens or {}).items() if n}
-        self.source_cache = SourceKVCache() if cache_source and _takes_source_cache(model) else None
+        self.source_cache = SourceKVCache() if cache_source and _takes(model, "source_cache") else None
         self.cross_modal = cross_modal
         self.dtype = dtype
         sources = {"video": video_source, "audio": audio_source}
@@ -260,6 +266,11 @@ class EditDenoiser:
             else:
                 self._tokens[m] = src.shape[1]
         self.calls_per_step = len(self._calls)
+        self.step_caches: list[StepCache] | None = None
+        if step_cache:
+            if not _takes(model, "step_cache"):
+                raise ValueError("step_cache needs a model whose forward takes step_cache (AVEditorDiT)")
+            self.step_caches = [StepCache(step_cache) for _ in self._calls]
         self.passes_per_step = len(self.plan.passes)
 
     def __call__(
@@ -268,7 +279,7 @@ class EditDenoiser:
         x = {"video": video, "audio": audio}
         ref = video if video is not None else audio
         preds: dict[str, list[torch.Tensor | None]] = {m: [None] * len(self.plan.passes) for m in self.modalities}
-        for group, skip, cond in self._calls:
+        for c, (group, skip, cond) in enumerate(self._calls):
             n = len(group)
             inputs = {}
             for m in ("video", "audio"):
@@ -295,6 +306,7 @@ class EditDenoiser:
                 skip_layers=skip,
                 **per_token,
                 **({} if self.source_cache is None else {"source_cache": self.source_cache}),
+                **({} if self.step_caches is None else {"step_cache": self.step_caches[c]}),
             )
             for m, pred in zip(("video", "audio"), out[:2]):
                 if m not in self.modalities:

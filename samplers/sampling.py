@@ -139,6 +139,7 @@ def sample(
     video_prefix: torch.Tensor | None = None,
     audio_prefix: torch.Tensor | None = None,
     cache_source: bool = True,
+    step_cache: float = 0.0,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Edit source latents as the instruction says; returns the edited ``(video, audio)`` latents.
 
@@ -171,6 +172,9 @@ def sample(
     the rest is denoised to continue them.
     ``cache_source``: compute the SIGA source keys/values once for the whole edit instead of once
     per step and pass (same results; see :class:`~.guidance.EditDenoiser`).
+    ``step_cache`` > 0 lets a step skip the model's blocks when their input changed less than that
+    since the last computed step (TeaCache-style; approximate, off by default; measured in
+    ``bench/step_speedups.py``).
     """
     if conditioning is not None:
         given = [f for f, v in (("video_source", video_source), ("audio_source", audio_source),
@@ -234,6 +238,7 @@ def sample(
         dtype=dtype,
         clean_tokens={m: _prefix_tokens(model, m, p) for m, p in prefixes.items()},
         cache_source=cache_source,
+        step_cache=step_cache,
     )
     solvers = {m: make_solver(solver, schedule.sigmas) for m in denoiser.modalities}
     total = schedule.num_steps
