@@ -327,6 +327,47 @@ def on_compute_device(*objects: object) -> Iterator[torch.device]:
             free_memory()
 
 
+def _comfy_patcher(handle: object, model: torch.nn.Module) -> object | None:
+    """ComfyUI's ``ModelPatcher`` around ``model``, made once per handle; None where ComfyUI lacks it."""
+    mp, mm = _module("comfy.model_patcher"), _module("comfy.model_management")
+    if mp is None or mm is None or not hasattr(mp, "ModelPatcher") or not hasattr(mm, "load_models_gpu"):
+        return None
+    patcher = getattr(handle, "patcher", None)
+    if patcher is None or getattr(patcher, "model", None) is not model:
+        patcher = mp.ModelPatcher(model, load_device=compute_device(), offload_device=offload_device())
+        try:
+            handle.patcher = patcher
+        except AttributeError:  # a handle without the slot: wrap again next time (cheap)
+            pass
+    return patcher
+
+
+@contextmanager
+def managed_on_compute_device(handle: object) -> Iterator[torch.device]:
+    """Run ``handle.model`` on the compute device under ComfyUI's own memory management.
+
+    Inside ComfyUI the editor is wrapped once in ``comfy.model_patcher.ModelPatcher`` and loaded with
+    ``model_management.load_models_gpu``: ComfyUI unloads other models to make room, decides between
+    full and partial loading (``--lowvram``, ``--novram``, ``--reserve-vram``; partial loading moves
+    only layers that carry ComfyUI's cast hooks, the rest loads whole), lists the editor among its
+    loaded models and unloads it on "free memory" or when another model needs the room; between runs
+    it stays loaded as ComfyUI's own models do. Outside ComfyUI, or in a ComfyUI without these
+    functions, it falls back to :func:`on_compute_device` (load, run, move back). Yields the device.
+    """
+    model = handle.model
+    patcher = _comfy_patcher(handle, model)
+    if patcher is None:
+        with on_compute_device(model) as device:
+            yield device
+        return
+    mm = _module("comfy.model_management")
+    mm.load_models_gpu([patcher])
+    loaded = [type(getattr(lm.model, "model", lm.model)).__name__ for lm in getattr(mm, "current_loaded_models", [])]
+    logger.info("editor loaded by ComfyUI (ModelPatcher) on %s; ComfyUI's loaded models: %s",
+                patcher.load_device, ", ".join(loaded) or "none")
+    yield torch.device(patcher.load_device)
+
+
 # --------------------------------------------------------------------------------------------
 # interrupt and progress
 # --------------------------------------------------------------------------------------------
@@ -535,6 +576,7 @@ __all__ = [
     "model_roots",
     "offload_device",
     "on_compute_device",
+    "managed_on_compute_device",
     "raise_if_interrupted",
     "register_model_folders",
     "runs_dir",

@@ -179,7 +179,7 @@ class FlowEditSampler:
         out = comfy_env.intermediate_device()
         videos, audios = [], []
         use_attention(model)
-        with comfy_env.Progress(total, "FlowEdit") as bar, comfy_env.on_compute_device(model.model):
+        with comfy_env.Progress(total, "FlowEdit") as bar, comfy_env.managed_on_compute_device(model):
             for k, window in enumerate(source.windows):
                 def callback(step, n, x_video, x_audio, k=k):
                     image = previewer(x_video) if previewer is not None and x_video is not None else None

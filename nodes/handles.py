@@ -35,7 +35,11 @@ LATENTS = "IAV2AV_LATENTS"
 
 @dataclass
 class ModelHandle:
-    """``IAV2AV_MODEL``: the editor (on the offload device between runs) and how to run it."""
+    """``IAV2AV_MODEL``: the editor and how to run it.
+
+    ``patcher``: ComfyUI's ``ModelPatcher`` around ``model`` (made on first use inside ComfyUI, which
+    then loads, offloads and lists it); outside ComfyUI the model waits on the offload device.
+    """
 
     model: torch.nn.Module
     config: ModelConfig
@@ -44,6 +48,7 @@ class ModelHandle:
     attention: str = "auto"
     defaults: EditDefaults | None = None
     adapters: tuple[str, ...] = ()
+    patcher: object | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.defaults = self.defaults or EditDefaults.for_config(self.config)

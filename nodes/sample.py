@@ -186,7 +186,7 @@ class Sampler:
         out = comfy_env.intermediate_device()
         videos, audios = [], []
         use_attention(model)
-        with comfy_env.Progress(total, "sampling") as bar, comfy_env.on_compute_device(model.model):
+        with comfy_env.Progress(total, "sampling") as bar, comfy_env.managed_on_compute_device(model):
             for k, window in enumerate(source.windows):
                 def callback(step, n, x0_video, x0_audio, k=k):
                     image = previewer(x0_video) if previewer is not None and x0_video is not None else None

@@ -104,7 +104,9 @@ def comfyui(tmp_path_factory):
                      + "".join(f"    {f}: {f}\n" for f in ("diffusion_models", "vae", "mmaudio", "text_encoders", "loras")))
     port = _free_port()
     log = (work / "server.log").open("w")
-    cmd = [PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+    # --lowvram: the editor runs under ComfyUI's memory management with its low-VRAM flag (issue 12);
+    # on the CPU ComfyUI keeps everything in RAM, so what this proves is that the run succeeds with it
+    cmd = [PYTHON, "main.py", "--cpu", "--lowvram", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
            "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK, "--database-url", "sqlite:///:memory:",
            "--extra-model-paths-config", str(extra_paths),
            "--input-directory", str(dirs["input"]), "--output-directory", str(dirs["output"]),
@@ -311,6 +313,12 @@ def test_demo_workflow_runs_and_saves_an_mp4_with_both_streams(comfyui):
         samples = sum(f.samples for f in container.decode(audio=0))
         rate = container.streams.audio[0].rate
     assert frames >= 5 and abs(frames / fps - samples / rate) < 0.1, (frames, fps, samples, rate)
+    # the editor went through ComfyUI's ModelPatcher and load_models_gpu, and ComfyUI's own list of
+    # loaded models holds it (issue 12, Build 1)
+    log = comfyui["log"].read_text()
+    assert "Requested to load ModelPatcher" in log or "Requested to load" in log, log[-3000:]
+    assert re.search(r"editor loaded by ComfyUI \(ModelPatcher\) on cpu; ComfyUI's loaded models: .*AVEditorDiT", log), \
+        log[-3000:]
 
 
 def test_cancel_stops_the_sampler_within_a_step(comfyui):
