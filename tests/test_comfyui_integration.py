@@ -104,9 +104,8 @@ def comfyui(tmp_path_factory):
                      + "".join(f"    {f}: {f}\n" for f in ("diffusion_models", "vae", "mmaudio", "text_encoders", "loras")))
     port = _free_port()
     log = (work / "server.log").open("w")
-    # --lowvram: the editor runs under ComfyUI's memory management with its low-VRAM flag (issue 12);
-    # on the CPU ComfyUI keeps everything in RAM, so what this proves is that the run succeeds with it
-    cmd = [PYTHON, "main.py", "--cpu", "--lowvram", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+    # (--lowvram cannot be tested here: ComfyUI refuses it together with --cpu, and without a GPU it needs --cpu)
+    cmd = [PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
            "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK, "--database-url", "sqlite:///:memory:",
            "--extra-model-paths-config", str(extra_paths),
            "--input-directory", str(dirs["input"]), "--output-directory", str(dirs["output"]),
@@ -316,7 +315,7 @@ def test_demo_workflow_runs_and_saves_an_mp4_with_both_streams(comfyui):
     # the editor went through ComfyUI's ModelPatcher and load_models_gpu, and ComfyUI's own list of
     # loaded models holds it (issue 12, Build 1)
     log = comfyui["log"].read_text()
-    assert "Requested to load ModelPatcher" in log or "Requested to load" in log, log[-3000:]
+    assert "Requested to load ModelPatcher" in log, log[-3000:]
     assert re.search(r"editor loaded by ComfyUI \(ModelPatcher\) on cpu; ComfyUI's loaded models: .*AVEditorDiT", log), \
         log[-3000:]
 
