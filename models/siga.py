@@ -130,7 +130,7 @@ class SourceEntry:
 
     def __init__(self, source: torch.Tensor | None, key: tuple | None, rows: list[int]):
         self.source = source  # held so that its id cannot be reused by another tensor
-        self.version = None if source is None else source._version
+        self.version = None if source is None else _version(source)
         self.key = key
         self.rows = rows  # batch row -> distinct row
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -138,7 +138,7 @@ class SourceEntry:
     def matches(self, source: torch.Tensor | None, key: tuple | None) -> bool:
         if source is None or self.source is None:
             return source is None and self.source is None and key == self.key
-        return source is self.source and source._version == self.version
+        return source is self.source and _version(source) == self.version
 
     @property
     def distinct(self) -> list[int]:
@@ -161,6 +161,16 @@ class SourceEntry:
             return k.expand(b, *k.shape[1:]), v.expand(b, *v.shape[1:])
         idx = torch.tensor(self.rows, device=k.device)
         return k.index_select(0, idx), v.index_select(0, idx)
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The in-place version counter, or None for an inference tensor (ComfyUI runs nodes under
+    ``torch.inference_mode``; such tensors have no counter, and the entry then goes by identity:
+    the sampler builds its source tensors itself and never changes them)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 def unique_rows(x: torch.Tensor) -> list[int]:

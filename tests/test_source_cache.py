@@ -158,3 +158,17 @@ def test_denoiser_reuses_keys_values_across_steps(editor, tiny):
     )  # fmt: skip
     den(x["video"], None, 500.0)
     assert den.source_cache is None and calls
+
+
+def test_cache_works_under_inference_mode(editor, tiny):
+    """ComfyUI runs nodes under torch.inference_mode: inference tensors have no version counter."""
+    with torch.inference_mode():
+        x = inputs(tiny)
+        src = _sources(x)
+        cache = SourceKVCache()
+        editor(**x, **src, source_cache=cache)
+        got = editor(**x, **src, source_cache=cache)
+        want = editor(**x, **src)
+    assert cache.reused == 2 * tiny.video.num_layers
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
