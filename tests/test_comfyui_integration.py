@@ -315,7 +315,7 @@ def test_demo_workflow_runs_and_saves_an_mp4_with_both_streams(comfyui):
     # the editor went through ComfyUI's ModelPatcher and load_models_gpu, and ComfyUI's own list of
     # loaded models holds it (issue 12, Build 1)
     log = comfyui["log"].read_text()
-    assert "Requested to load ModelPatcher" in log, log[-3000:]
+    assert "Requested to load AVEditorDiT" in log, log[-3000:]  # ComfyUI names the patched model
     assert re.search(r"editor loaded by ComfyUI \(ModelPatcher\) on cpu; ComfyUI's loaded models: .*AVEditorDiT", log), \
         log[-3000:]
 
