@@ -426,3 +426,33 @@ def test_doctor_in_comfyuis_environment_on_a_fresh_machine(tmp_path):
                  "instructav2av download --preset ovi-720-5s", "0 corrupt"):
         assert part in out.stdout, part
     assert "Traceback" not in out.stderr
+
+
+def test_make_edit_pairs_runs_on_loaded_media(comfyui):
+    """Make Edit Pairs in the real ComfyUI: a loaded image as the clip, cut-outs and sounds from the input
+    folder; the dataset lands under output/instructav2av_pairs/ and its manifest is readable."""
+    import numpy as np
+    from pair_media import bark, write_cutout, write_wav
+    from PIL import Image
+
+    name = f"pairs_{uuid.uuid4().hex[:8]}"
+    Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)).save(
+        comfyui["input"] / f"{name}.png")
+    for folder in ("cuts", "sfx"):
+        (comfyui["input"] / f"{name}_{folder}").mkdir()
+    write_cutout(comfyui["input"] / f"{name}_cuts" / "kite.png")
+    write_wav(comfyui["input"] / f"{name}_sfx" / "door_slam.wav", bark(0.2, f0=120))
+    write_wav(comfyui["input"] / f"{name}_sfx" / "whistle.wav", bark(0.2, f0=900))
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": f"{name}.png"}},
+        "2": {"class_type": "InstructAV2AVMakeEditPairs",
+              "inputs": {"images": ["1", 0], "fps": 12.0, "dataset_name": name, "count": 4, "seed": 0,
+                         "num_frames": 5, "width": 64, "height": 64, "validation_fraction": 0.25,
+                         "cutouts_folder": f"{name}_cuts", "sounds_folder": f"{name}_sfx"}},
+    }
+    prompt_id = _post(f"{comfyui['url']}/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})["prompt_id"]
+    entry = _wait_for(comfyui["url"], prompt_id, RUN_TIMEOUT)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"].get("messages"))[-4000:]
+    out = comfyui["output"] / "instructav2av_pairs" / name
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and (out / "train.jsonl").is_file() and (out / "contact_sheet.png").is_file()

@@ -115,6 +115,7 @@ class PairsReport:
     sounds_cut: int = 0
     seconds: float = 0.0
     contact_sheet: str | None = None
+    sheet: torch.Tensor | None = field(default=None, repr=False)  # the contact sheet, [H, W, 3] in 0..1
 
     @property
     def total(self) -> int:
@@ -322,7 +323,7 @@ def make_pairs(config: PairsConfig, *, assets: Assets | None = None, masks: dict
         logger.warning("made %d of %d pairs: %d attempts were rejected (%s)", made, config.count, attempt - made,
                        dict(report.rejected))
     (out / "report.json").write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
-    report.sheet = sheet  # type: ignore[attr-defined]  # the node shows it without reading the file back
+    report.sheet = sheet  # the node shows it without reading the file back
     return report
 
 

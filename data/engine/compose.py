@@ -105,8 +105,8 @@ def glide_path(rng: np.random.Generator, frames: int, height: int, width: int, o
 
 
 def scaled_cutout(rgba: torch.Tensor, height: int) -> torch.Tensor:
-    """``[F, 4, h, w]`` resized to ``height`` rows (aspect kept), alpha premultiplied-safe (bilinear, clamped)."""
-    f, _, h, w = rgba.shape
+    """``[F, 4, h, w]`` resized to ``height`` rows (aspect kept; bilinear with antialiasing, clamped to 0..1)."""
+    _, _, h, w = rgba.shape
     width = max(1, round(w * height / h))
     out = torch.nn.functional.interpolate(rgba, size=(max(1, height), width), mode="bilinear", align_corners=False,
                                           antialias=True)

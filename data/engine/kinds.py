@@ -194,7 +194,7 @@ class Maker:
             return Edit(kind, src, tgt, sa, ta, instruction(kind, rng, **names), info)
         cut = self._pick(a.cutouts, rng)
         video, _, path, (motion, motion_ing) = self._object(base, rng, cut)
-        info = {"object": cut.name, "path": "bounce" if path.contacts or "bounc" in motion else "glide",
+        info = {"object": cut.name, "path": "bounce" if motion_ing == "bouncing" else "glide",
                 "contacts_s": [round(c / base.fps, 3) for c in path.contacts]}
         names = {"object": cut.name, "motion": motion, "motion_ing": motion_ing}
         if kind in ("insert_object", "remove_object"):
