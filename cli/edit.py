@@ -107,6 +107,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--fit", choices=("crop", "pad"), default="crop",
                    help="fit the source to the model's frame: crop the overflow or pad with black (default crop)")
     c.add_argument("--start", type=float, default=0.0, help="seconds into the source where the edited clip starts")
+    c.add_argument("--windows", choices=("one", "all"), default="one",
+                   help="one: edit one model-length clip from --start; all: the whole source in windows, joined as "
+                        "--join says (docs/long-edits.md)")
+    c.add_argument("--join", choices=("context", "blend", "consecutive"), default="context",
+                   help="with --windows all: context = each window starts with the end of the previous window's edit "
+                        "as a clean prefix (default); blend = overlapping windows crossfaded; consecutive = end to end")
+    c.add_argument("--overlap", type=int, help="with --windows all: overlap of windows in latent frames (1 latent "
+                                               "frame = 4 video frames; default an eighth of the window, at least 2)")
     c.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     c.add_argument("--threads", type=int, help="CPU threads for torch (default: the CPUs idle now, at least 1; "
                                                "OMP_NUM_THREADS is obeyed)")
@@ -264,6 +272,12 @@ class _Progress:
     def __call__(self, stage: str, done: int, total: int) -> None:
         from tqdm.auto import tqdm
 
+        if stage.startswith("window "):  # "window k/n" of a long edit: on the bar, or a line before it exists
+            if self.bar is not None:
+                self.bar.set_description(f"sampling, {stage.replace('/', ' of ')}")
+            else:
+                logger.info("%s", stage.replace("/", " of "))
+            return
         if stage != "sample":
             if done == 0:
                 logger.info("%s ...", stage)
@@ -343,7 +357,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be a whole number >= 1, got {args.threads}")
     _check_source(source, args.start)
+    if args.windows == "all" and (flow or mask is not None or audio_ranges):
+        raise ValueError("--windows all edits with an instruction, without --mask/--audio-ranges; "
+                         "--mode flowedit and masks edit one window")
+    if args.windows == "one" and (args.overlap is not None or args.join != "context"):
+        raise ValueError("--join/--overlap set how --windows all joins its windows; add --windows all")
+    from ..editing.windows import WindowJoin
+
+    join = WindowJoin(args.join, args.overlap)
     config = _config_before_loading(args)
+    if config is not None and args.windows == "all":
+        join.latent_overlap(config.video_latent_frames)  # context longer than the window: said before loading
     if config is not None:
         _check_skip_layers(_slg(args.slg) if flow else _guidance(args, EditGuidance()).slg_layers,
                            config.video.num_layers)
@@ -370,7 +394,8 @@ def _run(args: argparse.Namespace) -> int:
             result = flowedit_edit(bundle, source, *prompts, edit_modality=args.edit, settings=settings, **common)
         else:
             result = edit(bundle, source, instruction, solver=args.solver, denoise=args.denoise,
-                          guidance=_guidance(args, bundle.defaults.guidance), **common)
+                          guidance=_guidance(args, bundle.defaults.guidance), windows=args.windows, join=join,
+                          **common)
     finally:
         bar.close()
     if result.output != output:

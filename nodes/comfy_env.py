@@ -304,17 +304,19 @@ def _weight_bytes(obj: object) -> int:
 
 
 @contextmanager
-def on_compute_device(*objects: object) -> Iterator[torch.device]:
+def on_compute_device(*objects: object, make_room: bool = True) -> Iterator[torch.device]:
     """Move models (anything with ``.to``) to the compute device for the block, then back to the offload device.
 
     Inside ComfyUI, models ComfyUI manages are unloaded first as far as needed to make room, so our
-    weights and theirs are never on the GPU together by surprise. Yields the compute device.
+    weights and theirs are never on the GPU together by surprise; ``make_room=False`` skips that (the
+    codecs moved in briefly while the sampler holds the editor loaded: making room could unload it).
+    Yields the compute device.
     """
     device = compute_device()
     parked = offload_device()
     movable = [o for o in objects if o is not None and hasattr(o, "to")]
     mm = _module("comfy.model_management")
-    if mm is not None and device.type != "cpu":
+    if mm is not None and device.type != "cpu" and make_room:
         mm.free_memory(int(1.1 * sum(_weight_bytes(o) for o in movable)), device)
     try:
         for o in movable:
@@ -495,6 +497,17 @@ def _send_progress_text(text: str, node_id: str) -> None:
     instance = getattr(getattr(server, "PromptServer", None), "instance", None)
     if instance is not None and hasattr(instance, "send_progress_text"):
         instance.send_progress_text(text, node_id)
+
+
+def progress_text(text: str) -> None:
+    """Show ``text`` on the running node (e.g. "window 2 of 8"); logged as well, so scripts see it too."""
+    logging.getLogger(PACK_LOGGER).info("%s", text)
+    node_id = _executing_node()
+    if node_id is not None:
+        try:
+            _send_progress_text(text, node_id)
+        except Exception:  # a display problem must never fail the node
+            logging.getLogger(PACK_LOGGER).debug("progress text not shown", exc_info=True)
 
 
 class _NodeWarnings(logging.Handler):

@@ -42,7 +42,7 @@ class Decode:
         }
 
     def decode(self, latents: EditedLatents, video_vae: VideoVAEHandle, audio_vae: AudioVAEHandle):
-        from ..editing.windows import decode_window
+        from ..editing.windows import decode_window, join_windows
         from ..media import video_tensor_to_image, wave_to_comfy_audio
 
         source = latents.source
@@ -54,12 +54,14 @@ class Decode:
             for k, window in enumerate(source.windows):
                 comfy_env.raise_if_interrupted()
                 video, wave = decode_window(bundle, latents.video[k], latents.audio[k], window)
-                frames.append(video_tensor_to_image(video))
+                frames.append(video)
                 waves.append(wave)
                 bar.update(k + 1)
         out = comfy_env.intermediate_device()
-        images = (frames[0] if len(frames) == 1 else torch.cat(frames)).to(out)
-        audio = wave_to_comfy_audio(waves[0] if len(waves) == 1 else torch.cat(waves), source.sample_rate)
+        # overlapping windows (context / blend) are crossfaded over their overlap, consecutive ones put end to end
+        video, wave = join_windows(list(zip(frames, waves)), source.windows, source.sample_rate)
+        images = video_tensor_to_image(video).to(out)
+        audio = wave_to_comfy_audio(wave, source.sample_rate)
         audio["waveform"] = audio["waveform"].to(out)
         return (images, audio, float(source.fps))
 
@@ -123,6 +125,9 @@ class GateMap:
                 frames, curve = window_gates(model.model, latents.video[k], latents.audio[k], window, text,
                                              device=device, sigma=sigma, seed=latents.seed, temporal_factor=temporal,
                                              audio_codec=audio_codec)
+                if k and window.overlap_frames:  # shown once: the part this window adds after the overlap
+                    frames = frames[window.overlap_frames:]
+                    curve = curve[round(curve.shape[0] * window.overlap_frames / window.num_frames):]
                 video_maps.append(frames)
                 audio_curves.append(curve)
         video = torch.cat(video_maps)

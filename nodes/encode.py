@@ -4,10 +4,11 @@ Source length. The model edits clips of a fixed length (its preset: 121 frames =
 Ovi's 5 s presets). ``length = "one window"`` edits one clip starting at ``start_seconds``: a longer
 source is trimmed, a shorter one is padded (last frame repeated, silence) and the padding is cut off
 again by the decoder, so the output is exactly as long as the part of the source that was edited.
-``length = "all windows"`` covers the whole source (from ``start_seconds``) with consecutive,
-non-overlapping windows; each is edited on its own with the same seed and the decoder joins them,
-so the output is as long as the source. Windows do not see each other: an edit may change slightly
-at window borders.
+``length = "all windows"`` covers the whole source (from ``start_seconds``) with windows joined as
+``window_join`` says (editing/windows.py, docs/long-edits.md): ``context`` (default) overlaps windows by
+``overlap`` latent frames and starts each with the previous window's result as a clean prefix;
+``blend`` overlaps them and crossfades; ``consecutive`` puts them end to end, not seeing each other
+(the edit may change at window borders). The output is as long as the source.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from .handles import (
 )
 
 logger = logging.getLogger(__name__)
+
+JOIN_MODES = ("context", "blend", "consecutive")  # editing.windows.JOIN_MODES, the default first
+DEFAULT_JOIN = "context"
 
 CATEGORY = "InstructAV2AV"
 ONE_WINDOW = "one window"
@@ -171,12 +175,34 @@ class SourceEncode:
             "optional": {
                 "audio": ("AUDIO", {"tooltip": "The source soundtrack. Without it the model hears silence "
                                                "(a warning is logged)."}),
+                "window_join": (
+                    list(JOIN_MODES),
+                    {"default": DEFAULT_JOIN,
+                     "tooltip": "How 'all windows' joins its windows. context: each window starts with the end of "
+                                "the previous window's edit as a clean prefix, so the edit carries across borders "
+                                "(overlaps crossfaded). blend: overlapping windows edited alone, crossfaded. "
+                                "consecutive: end to end, no overlap (cheapest; the edit may change at borders)."},
+                ),
+                "overlap": (
+                    "INT",
+                    {"default": 0, "min": 0, "max": 64,
+                     "tooltip": "Overlap of consecutive windows in latent frames (1 latent frame = 4 video frames; "
+                                "the first of a window is 1 frame). 0 = auto: an eighth of the window, at least 2 "
+                                "(4 = 13 frames for Ovi). Must be shorter than the window."},
+                ),
             },
         }
 
     def encode(self, model: ModelHandle, video_vae: VideoVAEHandle, audio_vae: AudioVAEHandle, images, fps: float,
-               fit: str, length: str, start_seconds: float, audio=None):
-        from ..editing.windows import encode_window, plan_windows
+               fit: str, length: str, start_seconds: float, audio=None, window_join: str = DEFAULT_JOIN,
+               overlap: int = 0):
+        from ..editing.windows import (
+            WindowJoin,
+            check_audio_length,
+            encode_window,
+            plan_windows,
+            window_settings,
+        )
         from ..media import clip_from_comfy
 
         if length not in (ONE_WINDOW, ALL_WINDOWS):
@@ -193,18 +219,23 @@ class SourceEncode:
                 f"{1 / float(spec.fps):.2f} s result. Connect a video's frames (Load Video -> Get Video "
                 "Components -> images) or a batch of frames"
             )
-        starts = plan_windows(clip, spec, start_seconds, all_windows=length == ALL_WINDOWS)
+        all_windows = length == ALL_WINDOWS
+        join = WindowJoin(window_join, overlap or None)
+        overlap_frames, context = window_settings(bundle, join, all_windows)  # checks the overlap first
+        check_audio_length(clip, start_seconds)
+        starts = plan_windows(clip, spec, start_seconds, all_windows=all_windows, overlap=overlap_frames)
         count = len(starts)
         if count > 1:
-            logger.info("editing the %.2f s source in %d windows of %.2f s", clip.duration - start_seconds, count,
-                        spec.duration)
+            logger.info("editing the %.2f s source in %d windows of %.2f s (%s, %d frames overlap)",
+                        clip.duration - start_seconds, count, spec.duration, join.mode, overlap_frames)
         windows: list[Window] = []
         out = comfy_env.intermediate_device()
         with comfy_env.Progress(count, "encoding source") as bar, \
                 comfy_env.on_compute_device(video_vae.codec, audio_vae.codec):
             for k, start in enumerate(starts):
                 comfy_env.raise_if_interrupted()
-                windows.append(encode_window(bundle, clip, start, fit=fit, out=out))
+                windows.append(encode_window(bundle, clip, start, fit=fit, out=out,
+                                             overlap_frames=overlap_frames if k else 0, context=context if k else 0))
                 bar.update(k + 1)
         return (SourceLatents(windows=windows, fps=spec.fps, sample_rate=spec.sample_rate, model=model,
                               video_vae=video_vae, audio_vae=audio_vae, source_fps=float(fps)),)

@@ -164,7 +164,7 @@ class Sampler:
                batch_guidance: bool = True, preview: bool = True, mask=None, audio_ranges: str = "",
                feather: int = 1):
         from ..editing.stages import encode_instructions
-        from ..editing.windows import sample_window
+        from ..editing.windows import WindowClock, context_prefix, sample_window
         from ..samplers import EditGuidance, SamplingCancelled, edit_schedule
 
         guidance = EditGuidance(
@@ -186,9 +186,22 @@ class Sampler:
         out = comfy_env.intermediate_device()
         videos, audios = [], []
         use_attention(model)
+        count = len(source.windows)
+        clock = WindowClock(count, per_window)
         with comfy_env.Progress(total, "sampling") as bar, comfy_env.managed_on_compute_device(model):
             for k, window in enumerate(source.windows):
+                comfy_env.raise_if_interrupted()  # Cancel between windows
+                if count > 1:
+                    comfy_env.progress_text(f"window {k + 1} of {count}")
+                prefix = None
+                if window.context:  # the previous window's result, re-encoded: this window's clean start
+                    # make_room=False: asking ComfyUI for room now could unload the editor mid-run
+                    with comfy_env.on_compute_device(source.video_vae.codec, source.audio_vae.codec, make_room=False):
+                        prefix = context_prefix(bundle, videos[-1], audios[-1], source.windows[k - 1], window)
+                    comfy_env.raise_if_interrupted()
+
                 def callback(step, n, x0_video, x0_audio, k=k):
+                    clock.step(k, step)
                     image = previewer(x0_video) if previewer is not None and x0_video is not None else None
                     bar.update(k * per_window + step, image)
 
@@ -196,13 +209,15 @@ class Sampler:
                     video, audio = sample_window(
                         model.model, window, text, device=device, steps=steps, shift=shift, solver=solver, seed=seed,
                         guidance=guidance, denoise=denoise, batch_guidance=batch_guidance, callback=callback,
-                        should_cancel=comfy_env.interrupted, preserve=masks(k, device),
+                        should_cancel=comfy_env.interrupted, preserve=masks(k, device), prefix=prefix,
                     )
                 except SamplingCancelled:
                     comfy_env.raise_if_interrupted()  # ComfyUI's own exception: reported as "interrupted"
                     raise
                 videos.append(video.to(out))
                 audios.append(audio.to(out))
+                if count > 1:
+                    clock.window_done(k)
             bar.update(total)
         info = {"guidance": guidance, "solver": solver, "shift": shift, "denoise": denoise}
         return (EditedLatents(video=videos, audio=audios, source=source, instruction=instruction, seed=seed, steps=per_window, info=info),)

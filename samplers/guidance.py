@@ -292,8 +292,8 @@ class EditDenoiser:
             batch = ref.shape[0] * n
             t_in = torch.full((batch,), timestep, dtype=torch.float32, device=ref.device)
             per_token = {}
-            for m, n in self.clean_tokens.items():
-                per_token[f"{m}_timestep"] = _prefix_timesteps(t_in, self._tokens[m], n)
+            for m, clean in self.clean_tokens.items():
+                per_token[f"{m}_timestep"] = _prefix_timesteps(t_in, self._tokens[m], clean)
             out = self.model(
                 inputs["video"],
                 inputs["audio"],

@@ -161,3 +161,39 @@ def test_adapter_spec_parsing(tmp_path):
     odd = tmp_path / "a:b.safetensors"
     odd.write_bytes(b"")
     assert _adapter(str(odd)) == str(odd)
+
+
+def test_edit_all_windows_with_context(registered, tmp_path, capsys):
+    long = make_video(tmp_path / "long.mp4", fps=24, seconds=1.0, size=(48, 64))  # 24 frames; windows of 9
+    out = tmp_path / "long_edit.mp4"
+    assert run(long, "make the square red", "-o", out, "--preset", "tiny-test", "--steps", "1", "--windows", "all",
+               "--join", "context", "--overlap", "1") == 0
+    captured = capsys.readouterr()
+    assert "window 3 of 3" in captured.err  # 24 frames: windows at 0, 8 and 16
+    clip = read_clip(out)
+    assert clip.num_frames == 24 and clip.audio_duration == pytest.approx(1.0, abs=0.03)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--join", "blend"), "--join/--overlap set how --windows all joins its windows"),
+        (("--windows", "all", "--audio-ranges", "0-0.2"), "--windows all edits with an instruction, without --mask"),
+        (("--windows", "all", "--join", "crossfade"), "invalid choice: 'crossfade'"),
+    ],
+)
+def test_bad_window_options_fail_before_loading(registered, source, tmp_path, capsys, extra, message):
+    try:
+        code = run(source, "make the square red", "-o", tmp_path / "o.mp4", "--preset", "tiny-test", *extra)
+    except SystemExit as exc:  # argparse's own choice check
+        code = exc.code
+    assert code in (1, 2)
+    assert message in capsys.readouterr().err
+    assert registered == []
+
+
+def test_context_longer_than_the_window(registered, source, tmp_path, capsys):
+    assert run(source, "make the square red", "-o", tmp_path / "o.mp4", "--preset", "tiny-test", "--steps", "1",
+               "--windows", "all", "--overlap", "3") == 1
+    assert "context/overlap (3 latent frames) must be shorter than the window (3 latent frames)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

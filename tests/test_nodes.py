@@ -92,10 +92,13 @@ def source_clip(frames: int = 17, seed: int = 0) -> tuple[torch.Tensor, dict, st
     return images, audio, s.instruction
 
 
-def run_graph(bundle, images, audio, instruction, *, seed=0, length="one window", steps=STEPS, **sampler):
+def run_graph(bundle, images, audio, instruction, *, seed=0, length="one window", steps=STEPS, join=None, overlap=0,
+              **sampler):
     model, vvae, avae, te = bundle
     (instr,) = node("InstructAV2AVInstructionEncode").encode(te, instruction, "", "")
-    (src,) = node("InstructAV2AVSourceEncode").encode(model, vvae, avae, images, 16.0, "crop", length, 0.0, audio)
+    joins = {} if join is None else {"window_join": join, "overlap": overlap}
+    (src,) = node("InstructAV2AVSourceEncode").encode(model, vvae, avae, images, 16.0, "crop", length, 0.0, audio,
+                                                      **joins)
     opts = dict(shift=5.0, solver="unipc", video_instruction_scale=4.0, video_source_scale=1.5,
                 audio_instruction_scale=3.0, audio_source_scale=1.5, slg_layers="auto", denoise=1.0)
     opts.update(sampler)
@@ -317,7 +320,8 @@ def test_windows_cover_a_long_source_and_padding_is_cut(tiny_demo):
     images, audio, instruction = source_clip(frames=17)  # 17 frames; the model takes 9
     src, _, (one, one_audio, _) = run_graph(tiny_demo, images, audio, instruction, steps=1)
     assert len(src.windows) == 1 and one.shape[0] == 9 and one_audio["waveform"].shape[-1] == 9000
-    src, _, (whole, whole_audio, _) = run_graph(tiny_demo, images, audio, instruction, length="all windows", steps=1)
+    src, _, (whole, whole_audio, _) = run_graph(tiny_demo, images, audio, instruction, length="all windows", steps=1,
+                                                join="consecutive")
     assert [w.start for w in src.windows] == [0.0, 9 / 16] and [w.valid_frames for w in src.windows] == [9, 8]
     assert whole.shape == (17, 32, 32, 3) and whole_audio["waveform"].shape == (1, 1, 17000)
     assert torch.equal(whole[:9], one)  # window 1 is the one-window edit (same seed, same latents)
@@ -554,3 +558,56 @@ def test_custom_validation_leaves_comfyui_its_own_checks():
     assert "multiple of 16" in loader.VALIDATE_INPUTS(tile_size=256, tile_overlap=40)
     assert "between 0 and 1024" in loader.VALIDATE_INPUTS(tile_size=4096, tile_overlap=2048)
     assert "between 0 and 4096" in loader.VALIDATE_INPUTS(tile_size=8192, tile_overlap=64)
+
+
+@pytest.mark.parametrize("join", ["context", "blend"])
+def test_overlapping_windows_in_the_graph(tiny_demo, tmp_path, join):
+    """Encode Source's window_join (issue 17): overlapping windows, the clean context, "window k of n" on
+    the node, and the joined result as long as the source."""
+    images, audio, instruction = source_clip(frames=17)
+    images = torch.cat([images, images.flip(0)])[:25]  # 25 frames of the same scene (the sample has 17)
+    wave = audio["waveform"]
+    audio = {"waveform": torch.cat([wave, wave.flip(-1)], dim=-1)[..., :25000], "sample_rate": 16000}
+    with comfy_stubs(tmp_path) as stubs:
+        stubs.executing = "7"  # as ComfyUI's executor sets it around the node
+        src, latents, (whole, whole_audio, _) = run_graph(tiny_demo, images, audio, instruction, length="all windows",
+                                                          steps=1, join=join, overlap=1)
+        texts = [t for node_id, t in stubs.texts if node_id == "7"]
+    # 9-frame windows, 1 latent frame of overlap = 1 frame: windows start every 8 frames
+    assert [w.start for w in src.windows] == [0.0, 0.5, 1.0]
+    assert [w.overlap_frames for w in src.windows] == [0, 1, 1]
+    assert [w.context for w in src.windows] == ([0, 1, 1] if join == "context" else [0, 0, 0])
+    assert whole.shape == (25, 32, 32, 3) and whole_audio["waveform"].shape == (1, 1, 25000)
+    if join == "context":  # each window starts with its clean prefix: the previous result's end, re-encoded
+        assert len(latents.video) == 3
+    assert [t for t in texts if t.startswith("window ")] == ["window 1 of 3", "window 2 of 3", "window 3 of 3"]
+    with pytest.raises(ValueError, match="must be shorter than the window"):
+        run_graph(tiny_demo, images, audio, instruction, length="all windows", steps=1, join=join, overlap=3)
+
+
+def test_join_modes_match_the_editing_package():
+    from instructav2av.editing.windows import DEFAULT_JOIN, JOIN_MODES
+    from instructav2av.nodes import encode
+
+    assert set(encode.JOIN_MODES) == set(JOIN_MODES) and encode.DEFAULT_JOIN == DEFAULT_JOIN
+
+
+def test_cancel_between_windows(tiny_demo, tmp_path):
+    images, audio, instruction = source_clip(frames=17)
+    model = tiny_demo[0]
+    calls = []
+    hook = model.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with comfy_stubs(tmp_path) as stubs:
+            run_graph(tiny_demo, images, audio, instruction, length="all windows", steps=1, join="context", overlap=1)
+            per_window = len(calls) // 2
+            # progress: 2 source-encoding updates, then 1 per step; Cancel comes with window 1's only step
+            stubs.progress.clear()
+            stubs.interrupt_after = 3
+            calls.clear()
+            with pytest.raises(InterruptProcessingException):
+                run_graph(tiny_demo, images, audio, instruction, length="all windows", steps=1, join="context",
+                          overlap=1)
+            assert len(calls) == per_window  # window 2 never started
+    finally:
+        hook.remove()
