@@ -201,7 +201,8 @@ def demo_workflow() -> dict:
             "keep_loaded": False}),
         "4": ("InstructAV2AVSourceEncode", "Encode Source", 2, {
             "model": ["1", 0], "video_vae": ["1", 1], "audio_vae": ["1", 2], "images": ["2", 0], "fps": ["2", 2],
-            "fit": "crop", "length": "one window", "start_seconds": 0.0, "audio": ["2", 1]}),
+            "fit": "crop", "length": "one window", "start_seconds": 0.0, "audio": ["2", 1], "window_join": "context",
+            "overlap": 0}),
     }
     nodes.update(_common_tail(5, "1", "1", "1", seed=0, sampling=demo_sampling(), prefix="video/InstructAV2AV_demo"))
     return {"nodes": nodes, "note": ("Read me", DEMO_NOTE.format(instruction=demo_instruction()))}
@@ -230,7 +231,8 @@ def edit_workflow() -> dict:
             "video_negative": "", "audio_negative": "", "keep_loaded": False}),
         "8": ("InstructAV2AVSourceEncode", "Encode Source", 2, {
             "model": ["3", 0], "video_vae": ["4", 0], "audio_vae": ["5", 0], "images": ["2", 0], "fps": ["2", 2],
-            "fit": "crop", "length": "one window", "start_seconds": 0.0, "audio": ["2", 1]}),
+            "fit": "crop", "length": "one window", "start_seconds": 0.0, "audio": ["2", 1], "window_join": "context",
+            "overlap": 0}),
     }
     nodes.update(_common_tail(9, "3", "4", "5", seed=42, sampling=OVI_SAMPLING, prefix="video/InstructAV2AV"))
     return {"nodes": nodes, "note": ("Models and how to use", _edit_note())}
