@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from instructav2av.models.configs import get_preset
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _single_thread():
@@ -12,3 +14,9 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny model preset (a module may override it with its own `tiny`)."""
+    return get_preset("tiny")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from tiny_models import inputs, randomize
 
 from instructav2av.models import blocks
 from instructav2av.models.blocks import GATE_INIT_BIAS, FeedForward
@@ -69,39 +68,8 @@ def shapes(model):
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def randomize(model, seed=0):
-    """Non-trivial weights with O(1) activations (Ovi's init zeroes the head)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if "norm" in name.split(".")[-2] and name.endswith("weight"):
-                p.copy_(1 + 0.1 * noise)
-            elif p.dim() >= 2 and "modulation" not in name:
-                p.copy_(noise / math.sqrt(p[0].numel()))
-            else:
-                p.copy_(0.1 * noise)
-    return model
-
-
-def inputs(cfg, batch=2, seed=0, h=16, w=16, t_len=(5, 6)):
-    g = torch.Generator().manual_seed(seed)
-    return dict(
-        video=torch.randn(batch, 48, cfg.video_latent_frames, h, w, generator=g),
-        audio=torch.randn(batch, cfg.audio_latents, 20, generator=g),
-        timestep=torch.tensor([300.0, 900.0][:batch]),
-        video_context=torch.randn(batch, t_len[0], cfg.video.text_dim, generator=g),
-        audio_context=torch.randn(batch, t_len[1], cfg.audio.text_dim, generator=g),
-    )
-
-
 def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return get_preset("tiny")
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 
 import pytest
 import torch
+from tiny_models import random_model
 
 from instructav2av.demo.codecs import DemoVideoCodec
 from instructav2av.evaluation.metrics import psnr
 from instructav2av.models.configs import get_preset
-from instructav2av.models.dit import AVEditorDiT
 from instructav2av.samplers import EditGuidance, SamplingCancelled, sample
 from instructav2av.samplers.flowedit import FlowEditSettings, flowedit
 from instructav2av.samplers.masks import (
@@ -26,21 +25,6 @@ from instructav2av.samplers.masks import (
 STEPS = 6
 
 
-def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Non-trivial weights (Ovi's init zeroes the head, so a fresh model predicts zero velocity)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if "norm" in name.split(".")[-2] and name.endswith("weight"):
-                p.copy_(1 + 0.1 * noise)
-            elif p.dim() >= 2 and "modulation" not in name:
-                p.copy_(noise / math.sqrt(p[0].numel()))
-            else:
-                p.copy_(0.1 * noise)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def config():
     return get_preset("tiny")
@@ -48,12 +32,12 @@ def config():
 
 @pytest.fixture(scope="module")
 def base(config):
-    return randomize(AVEditorDiT(config, editor=False), seed=1)
+    return random_model(config, editor=False, seed=1)
 
 
 @pytest.fixture(scope="module")
 def editor(config):
-    return randomize(AVEditorDiT(config, editor=True), seed=2)
+    return random_model(config, editor=True, seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -6,23 +6,16 @@ import copy
 
 import pytest
 import torch
-from test_dit import inputs, randomize
+from tiny_models import inputs, random_model
 
-from instructav2av.models.configs import get_preset
-from instructav2av.models.dit import AVEditorDiT
 from instructav2av.models.siga import SourceKVCache, unique_rows
 from instructav2av.samplers import EditGuidance, sample
 from instructav2av.samplers.guidance import EditDenoiser
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return get_preset("tiny")
-
-
-@pytest.fixture(scope="module")
 def editor(tiny):
-    return randomize(AVEditorDiT(tiny, editor=True), seed=3).eval()
+    return random_model(tiny, editor=True, seed=3)
 
 
 def _sources(x, seed=5):

@@ -6,22 +6,16 @@ import os
 
 import pytest
 import torch
-from test_dit import inputs, randomize
+from tiny_models import inputs, random_model
 
-from instructav2av.models.configs import get_preset
 from instructav2av.models.dit import AVEditorDiT
 from instructav2av.models.step_cache import StepCache
 from instructav2av.samplers import EditGuidance, sample
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return get_preset("tiny")
-
-
-@pytest.fixture(scope="module")
 def editor(tiny):
-    return randomize(AVEditorDiT(tiny, editor=True), seed=4).eval()
+    return random_model(tiny, editor=True, seed=4)
 
 
 def _src(x):
@@ -137,7 +131,7 @@ def test_sampling_with_step_cache_skips_steps_and_stays_close(editor, tiny):
 @pytest.mark.skipif(os.environ.get("INSTRUCTAV2AV_SKIP_COMPILE") == "1", reason="INSTRUCTAV2AV_SKIP_COMPILE=1")
 def test_compiled_blocks_give_the_eager_outputs(tiny):
     """Inductor on the CPU (needs a C++ compiler) at the tiny preset: same outputs to float32 rounding."""
-    model = randomize(AVEditorDiT(tiny, editor=True), seed=5).eval()
+    model = random_model(tiny, editor=True, seed=5)
     x = inputs(tiny)
     src = _src(x)
     with torch.no_grad():
