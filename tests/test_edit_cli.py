@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundle_loaders import register_counting_loader
 from media_fixtures import make_video
 from test_pipeline import tiny_bundle
 
 from instructav2av import editing as pipeline
 from instructav2av.cli import main
-from instructav2av.editing import bundle as bundle_module
 from instructav2av.media import read_clip
 
 
@@ -24,15 +24,7 @@ def bundle():
 @pytest.fixture
 def registered(monkeypatch, bundle):
     """``--preset tiny-test`` loads the tiny bundle; ``loads`` counts how often a bundle was loaded."""
-    monkeypatch.setattr(bundle_module, "_LOADERS", dict(bundle_module._LOADERS))
-    loads = []
-
-    def loader(*, device, dtype, **files):
-        loads.append(files)
-        return bundle
-
-    pipeline.register_bundle_loader("tiny-test", loader)
-    return loads
+    return register_counting_loader(monkeypatch, "tiny-test", bundle)
 
 
 @pytest.fixture(scope="module")

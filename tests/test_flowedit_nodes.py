@@ -6,11 +6,10 @@ import logging
 
 import pytest
 import torch
-from test_flowedit import randomize
 from test_nodes import node, source_clip, tiny_bundle, tiny_config
+from tiny_models import random_model
 
 from instructav2av.editing import bundle as bundle_module
-from instructav2av.models.dit import AVEditorDiT
 from instructav2av.nodes.handles import ModelHandle
 
 SRC = "a grey square on a dark floor. Audio: a low hum"
@@ -28,7 +27,7 @@ def demo(monkeypatch):
 
 @pytest.fixture(scope="module")
 def base_model():
-    model = randomize(AVEditorDiT(tiny_config(), editor=False), seed=4)
+    model = random_model(tiny_config(), editor=False, seed=4)
     return ModelHandle(model=model, config=tiny_config(), name="tiny-base", dtype=torch.float32)
 
 

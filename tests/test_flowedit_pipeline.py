@@ -6,15 +6,15 @@ import logging
 
 import pytest
 import torch
+from bundle_loaders import register_counting_loader
 from media_fixtures import make_video
-from test_flowedit import randomize
 from test_pipeline import tiny_bundle, tiny_config, tiny_text_encoder
+from tiny_models import random_model
 
 from instructav2av.demo.codecs import DemoAudioCodec, DemoVideoCodec
 from instructav2av.editing import EditDefaults, EditorBundle, edit, prepare_source
 from instructav2av.editing.flowedit import check_descriptions, flowedit_edit, format_for_model
 from instructav2av.evaluation.metrics import psnr
-from instructav2av.models.dit import AVEditorDiT
 from instructav2av.samplers import EditGuidance
 from instructav2av.samplers.flowedit import FlowEditSettings
 
@@ -27,7 +27,7 @@ TAR = "a red circle on a dark floor. Audio: a high beep"
 @pytest.fixture(scope="module")
 def base_bundle() -> EditorBundle:
     config = tiny_config()
-    model = randomize(AVEditorDiT(config, editor=False), seed=3)
+    model = random_model(config, editor=False, seed=3)
     return EditorBundle(model, DemoVideoCodec(), DemoAudioCodec(AUDIO_HOP), tiny_text_encoder(config.video.text_dim),
                         config, device="cpu", dtype=torch.float32, defaults=EditDefaults(steps=4), mode="base")
 
@@ -110,18 +110,7 @@ def test_prompts_and_bad_input(base_bundle, source, tmp_path):
 @pytest.fixture
 def registered_base(monkeypatch, base_bundle):
     """``--preset tiny-test --mode flowedit`` loads the tiny base bundle (registered as ``tiny-test-base``)."""
-    from instructav2av.editing import bundle as bundle_module
-    from instructav2av.editing import register_bundle_loader
-
-    monkeypatch.setattr(bundle_module, "_LOADERS", dict(bundle_module._LOADERS))
-    loads = []
-
-    def loader(*, device, dtype, **files):
-        loads.append(files)
-        return base_bundle
-
-    register_bundle_loader("tiny-test-base", loader)
-    return loads
+    return register_counting_loader(monkeypatch, "tiny-test-base", base_bundle)
 
 
 def cli(*args) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundle_loaders import register_counting_loader
 from media_fixtures import make_video
 from test_pipeline import tiny_bundle
 
@@ -66,15 +67,7 @@ def bundle():
 @pytest.fixture
 def loads(monkeypatch, bundle):
     """``--preset tiny-test`` loads the tiny bundle; the list records every load."""
-    monkeypatch.setattr(bundle_module, "_LOADERS", dict(bundle_module._LOADERS))
-    calls = []
-
-    def loader(*, device, dtype, **files):
-        calls.append(files)
-        return bundle
-
-    pipeline.register_bundle_loader("tiny-test", loader)
-    return calls
+    return register_counting_loader(monkeypatch, "tiny-test", bundle)
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
