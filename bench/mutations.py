@@ -65,8 +65,8 @@ MUTATIONS = [
       "x.permute(0, 7, 1, 4, 2, 5, 3, 6)", "x.permute(0, 7, 1, 4, 2, 6, 3, 5)", ("tests/test_golden.py",)),
     # -- SIGA ------------------------------------------------------------------------------------
     M("siga-no-rope", "SIGA", "source path without RoPE on its keys",
-      "k_src = apply_rope(self.heads(self.norm_k_source(self.k_source(src))), rope)",
-      "k_src = self.heads(self.norm_k_source(self.k_source(src)))", ("tests/test_siga_formula.py",)),
+      "k = apply_rope(self.heads(self.norm_k_source(self.k_source(src))), rope)",
+      "k = self.heads(self.norm_k_source(self.k_source(src)))", ("tests/test_siga_formula.py",)),
     M("siga-gate-inputs", "SIGA", "gate inputs reordered ([f̂_c; f̂_x; f_h])",
       "torch.cat([from_source.flatten(2), out.flatten(2), x], dim=-1)",
       "torch.cat([out.flatten(2), from_source.flatten(2), x], dim=-1)", ("tests/test_siga_formula.py",)),
