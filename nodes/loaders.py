@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 CATEGORY = "InstructAV2AV"
 NONE = "none"
 AUTO = "auto"
-MODEL_PRECISIONS = ("bf16", "fp16", "fp32", "fp8_e4m3fn")
+MODEL_PRECISIONS = ("bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e4m3fn_scaled", "fp8_e5m2_scaled")
 ATTENTION_BACKENDS = ("auto", "sdpa", "flash_attn", "sage", "xformers")
 TILE_LIMITS = {"tile_size": (0, 4096), "tile_overlap": (0, 1024)}  # pixels: the widgets' min and max
 
@@ -90,7 +90,9 @@ class ModelLoader:
                     list(MODEL_PRECISIONS),
                     {"default": "bf16", "tooltip": "Weight dtype. bf16: Ovi's own (fast on GPUs and on AMX CPUs); "
                                                    "fp8_e4m3fn: weights stored in 8 bits (half the memory), computed "
-                                                   "in bf16; fp32: slow, for debugging."},
+                                                   "in bf16; fp8_*_scaled: 8 bits plus one scale per layer "
+                                                   "(ComfyUI's fp8_scaled; about half the error of a plain cast; "
+                                                   "scaled files load as stored); fp32: slow, for debugging."},
                 ),
                 "attention": (
                     list(ATTENTION_BACKENDS),
@@ -129,6 +131,9 @@ class ModelLoader:
         kwargs = {}
         if precision == "fp8_e4m3fn":
             kwargs = dict(dtype=torch.bfloat16, ops="cast", weight_dtype=torch.float8_e4m3fn)
+        elif precision.endswith("_scaled"):
+            fp8_dtype = torch.float8_e4m3fn if precision.startswith("fp8_e4m3fn") else torch.float8_e5m2
+            kwargs = dict(dtype=torch.bfloat16, ops="fp8_scaled", weight_dtype=fp8_dtype)
         else:
             kwargs = dict(dtype=DTYPES[precision])
         if mode not in ("editor", "base"):

@@ -36,6 +36,7 @@ import torch
 from ..files import check_apart
 from ..models import siga
 from ..models.configs import PRESETS, ModelConfig, get_preset
+from . import fp8
 from .io import (
     EXPECTED_DTYPES,
     SHORT_DTYPE_NAMES,
@@ -191,7 +192,7 @@ class CheckpointInfo:
 
 
 def _inspect(ckpt: CheckpointFile, preset: str | ModelConfig | None) -> CheckpointInfo:
-    shapes = ckpt.shapes
+    shapes = {k: s for k, s in ckpt.shapes.items() if not fp8.is_marker(k)}  # ComfyUI's "scaled_fp8" flag
     layout = detect_layout(shapes, ckpt.metadata)
     info = CheckpointInfo(
         path=ckpt.path, container=ckpt.container, file_size=ckpt.file_size, layout=layout,
@@ -256,6 +257,13 @@ def expected_shapes(config: ModelConfig, editor: bool) -> Mapping[str, tuple[int
     return MappingProxyType({k: tuple(v.shape) for k, v in _build(config, editor, None).state_dict().items()})
 
 
+@lru_cache(maxsize=16)
+def linear_weight_keys(config: ModelConfig, editor: bool) -> frozenset[str]:
+    """The weight keys of the model's Linear layers: the layers ComfyUI's "fp8_scaled" layout scales."""
+    model = _build(config, editor, None)
+    return frozenset(f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+
+
 def _key_diff(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]):
     """(missing keys, unexpected keys, "key [found] (expected [shape])" for wrongly shaped keys)."""
     missing = [k for k in expected if k not in found]
@@ -296,9 +304,14 @@ def load_model(
     fp8 storage: with a casting ``ops`` (``"cast"``), Linear/Conv weights stored as fp8 in the file
     stay fp8 (cast per call); ``weight_dtype`` forces that storage dtype for those weights (e.g.
     ``torch.float8_e4m3fn`` from a bf16 file). Without them fp8 tensors are upcast to ``dtype``.
+    Scaled fp8 (ComfyUI's "fp8_scaled": ``weight`` + ``scale_weight``): ``ops="fp8_scaled"`` keeps
+    Linear weights as fp8 with a per-tensor scale, read as stored from a scaled file or quantized
+    while loading (bf16 file, plain fp8 file, or another fp8 ``weight_dtype``; default e4m3fn); a
+    scaled file read with ``ops="cast"`` uses the scaled layers, and with plain ops is dequantized.
+    Missing or mismatched scales raise :class:`CheckpointError` before any weight is read.
     ``strict=False`` ignores unexpected keys; missing or wrongly shaped keys always fail.
     """
-    from ..models.ops import get_ops, torch_ops
+    from ..models.ops import FP8_DTYPES, cast_ops, get_ops, quantize_fp8, scaled_fp8_ops, torch_ops
 
     if dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise ValueError(f"dtype must be torch.bfloat16, float16 or float32 (fp8 storage: ops='cast' or "
@@ -316,7 +329,13 @@ def load_model(
             raise CheckpointError(f"{ckpt.path} holds an InstructAV2AV editor (SIGA keys, {2 * info.config.video.in_dim}"
                                   "-channel patch embedding); it cannot load as a plain Ovi model (editor=False)")
         prefix = info.layout.prefix
-        found = {k[len(prefix):]: s for k, s in ckpt.shapes.items()}
+        found = {k[len(prefix):]: s for k, s in ckpt.shapes.items() if not fp8.is_marker(k)}
+        dtypes = {k[len(prefix):]: d for k, d in ckpt.dtypes.items()}
+        scales = fp8.find_scales(ckpt.shapes)  # the marker too
+        scales.weights = {k[len(prefix):]: v[len(prefix):] for k, v in scales.weights.items()}
+        scales.input_scales = [k[len(prefix):] for k in scales.input_scales]
+        for k in scales.extra_keys():
+            found.pop(k, None)
         needed = expected_shapes(info.config, info.editor)
         missing, unexpected, wrong = _key_diff(found, needed)
         report = _key_report(found, needed)
@@ -324,33 +343,71 @@ def load_model(
             logger.warning("%s: ignoring unexpected keys (strict=False): %s", ckpt.path, report)
         elif report:
             slot = "an editor" if info.editor else "Ovi's base model"
-            if any(k.endswith(("scale_weight", "scaled_fp8", "weight_scale")) for k in unexpected):
-                report += (" These are per-tensor fp8 scales ('fp8 scaled' files), which this loader does not "
-                           "read: use the plain bf16 or fp8_e4m3fn file.")
             raise CheckpointError(f"{ckpt.path} does not match {slot} at preset {info.config.name} "
                                   f"({info.preset_reason}): {report}")
+        fp8.check_scales(str(ckpt.path), scales, {**found, **{s: ckpt.shapes[prefix + s] for s in scales.weights.values()
+                                                            if prefix + s in ckpt.shapes}}, dtypes, linear_weight_keys(info.config, info.editor))
+        linears = linear_weight_keys(info.config, want_editor)
+        if scales.scaled and ops is cast_ops:  # a superset: the casting layers plus the per-tensor scale
+            ops = scaled_fp8_ops
+        scaled = ops is scaled_fp8_ops
+        if scaled and weight_dtype is not None and weight_dtype not in FP8_DTYPES:
+            raise ValueError(f"ops='fp8_scaled' stores Linear weights as fp8; weight_dtype must be "
+                             f"torch.float8_e4m3fn or torch.float8_e5m2, got {weight_dtype}")
 
         model = _build(info.config, want_editor, ops)
         keep = _storage_keys(model, ops) if ops is not torch_ops else set()
+        scale_of: dict[str, torch.Tensor] = {}  # Linear weight key -> float32 scale, for scaled storage
 
         def target(key: str, stored: torch.dtype) -> torch.dtype:
             if key in keep:
+                if scaled:  # ComfyUI scales Linears only: other layers stay as stored (fp8) or in `dtype`
+                    return stored if stored in _FP8 else dtype
                 return weight_dtype or (stored if stored in _FP8 else dtype)
             return dtype
 
         def read(key: str) -> torch.Tensor:  # one tensor at a time, straight into its final dtype
-            return ckpt.read(prefix + key, target(key, ckpt.stored_dtype(prefix + key)), device)
+            stored = ckpt.stored_dtype(prefix + key)
+            scale_key = scales.weights.get(key)
+            if scaled and key in linears:  # fp8 + scale: keep the file's bytes where they already fit
+                want = weight_dtype or (stored if stored in _FP8 else torch.float8_e4m3fn)
+                if stored == want:
+                    scale_of[key] = (fp8.read_scale(ckpt, prefix + scale_key, str(ckpt.path)) if scale_key
+                                     else torch.ones((), dtype=torch.float32))
+                    return ckpt.read(prefix + key, stored, device)
+                real = ckpt.read(prefix + key, torch.float32)
+                if scale_key:
+                    real = real * fp8.read_scale(ckpt, prefix + scale_key, str(ckpt.path))
+                q, scale_of[key] = quantize_fp8(real, want)  # quantized while loading
+                return q.to(device)
+            if scale_key:  # plain storage from a scaled file: the real weight, in float32 first
+                real = ckpt.read(prefix + key, torch.float32) * fp8.read_scale(ckpt, prefix + scale_key, str(ckpt.path))
+                return real.to(device=device, dtype=target(key, stored))
+            return ckpt.read(prefix + key, target(key, stored), device)
 
         if want_editor and not info.editor:
             from ..models.dit import editor_state_dict_from_base
 
             # base keys keep their names (the patch embeddings only widen), so `target` applies to both
             state = editor_state_dict_from_base({key: read(key) for key in needed}, info.config)
-            state = {k: v.to(dtype=target(k, v.dtype)) for k, v in state.items()}
+            if scaled:  # the SIGA source projections start as copies of self-attention's k/v: same scales
+                for key in list(scale_of):
+                    if ".self_attn." in key:
+                        head, _, tail = key.partition(".self_attn.")
+                        for new, old in siga.COPIED_FROM_SELF_ATTN.items():
+                            if old == tail:
+                                scale_of[f"{head}.cross_attn.{new}"] = scale_of[key]
+            state = {k: v if (scaled and k in linears and v.dtype in _FP8) else v.to(dtype=target(k, v.dtype))
+                     for k, v in state.items()}
             origin = "converted from Ovi's base weights while loading"
         else:
-            state = {key: read(key) for key in model.state_dict(keep_vars=True)}
+            state = {key: read(key) for key in model.state_dict(keep_vars=True) if not key.endswith(fp8.SCALE_SUFFIX)}
             origin = "loaded as stored"
+        if scaled:
+            for key in [k for k in state if k in linears]:
+                if state[key].dtype not in _FP8:  # e.g. the editor's new gate, made in the compute dtype
+                    state[key], scale_of[key] = quantize_fp8(state[key], weight_dtype or torch.float8_e4m3fn)
+                state[key[: -len(".weight")] + fp8.SCALE_SUFFIX] = scale_of.get(key, torch.ones(())).to(device)
         model.load_state_dict(state, strict=True, assign=True)
         if any(state[k].dtype != dtype for k in keep):  # weights kept in fp8: compute in `dtype`, not bf16
             model.compute_dtype = dtype
@@ -391,6 +448,9 @@ def save_editor(
     if not isinstance(config, ModelConfig) or editor is None:
         raise TypeError(f"save_editor needs an AVEditorDiT (with .config and .editor), got {type(model).__name__}")
     state = model.state_dict()
+    scaled = [k for k in state if k.endswith(fp8.SCALE_SUFFIX)]
+    if scaled:  # ComfyUI's marker of an "fp8_scaled" file: an empty tensor in the weights' fp8 dtype
+        state[fp8.MARKER] = torch.empty(0, dtype=state[scaled[0][: -len(fp8.SCALE_SUFFIX)] + ".weight"].dtype)
     dtypes = Counter(SHORT_DTYPE_NAMES.get(t.dtype, str(t.dtype)) for t in state.values())
     metadata = {
         "format": FORMAT_TAG,
@@ -432,6 +492,6 @@ def convert_ovi_to_editor(
 
 __all__ = [
     "CheckpointError", "CheckpointFile", "CheckpointInfo", "FORMAT_TAG", "FORMAT_VERSION", "DEFAULT_PRESET",
-    "resolve_config", "inspect_checkpoint", "expected_shapes", "load_model", "save_editor", "convert_ovi_to_editor",
+    "resolve_config", "inspect_checkpoint", "expected_shapes", "linear_weight_keys", "load_model", "save_editor", "convert_ovi_to_editor",
     "atomic_write",
 ]
