@@ -119,6 +119,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--threads", type=int, help="CPU threads for torch (default: the CPUs idle now, at least 1; "
                                                "OMP_NUM_THREADS is obeyed)")
     c.add_argument("--dtype", choices=tuple(DTYPES), default="bf16", help="model precision (default bf16, also on CPUs)")
+    c.add_argument("--blocks-to-swap", type=int, default=0, metavar="N",
+                   help="keep N of each tower's blocks (0-30 at Ovi's size) off the GPU and bring each in as it "
+                        "runs: same output, less GPU memory, some speed (default 0; `instructav2av plan` says "
+                        "what fits a budget)")
+    c.add_argument("--stream-blocks", action="store_true",
+                   help="with --blocks-to-swap: read the swapped blocks from the model file on each use instead of "
+                        "holding them in RAM (needs an editor safetensors file)")
     parser.set_defaults(func=run)
 
 
@@ -372,6 +379,10 @@ def _run(args: argparse.Namespace) -> int:
         _check_skip_layers(_slg(args.slg) if flow else _guidance(args, EditGuidance()).slg_layers,
                            config.video.num_layers)
     dtype = DTYPES[args.dtype]
+    if args.blocks_to_swap < 0:
+        raise ValueError(f"--blocks-to-swap must be 0 or more, got {args.blocks_to_swap}")
+    if args.stream_blocks and not args.blocks_to_swap:
+        raise ValueError("--stream-blocks streams the swapped blocks: give --blocks-to-swap N too")
 
     set_threads(args.threads)
     t0 = time.perf_counter()
@@ -380,6 +391,7 @@ def _run(args: argparse.Namespace) -> int:
         text_encoder=args.text_encoder, tokenizer=args.tokenizer, preset=args.preset, device=args.device,
         dtype=dtype, adapters=[_adapter(a) for a in args.adapter], models_dir=args.models_dir,
         mode="base" if flow else "editor",
+        blocks_to_swap=args.blocks_to_swap, stream_blocks=args.stream_blocks,
     )
     load_seconds = time.perf_counter() - t0
     bar = _Progress()

@@ -249,11 +249,14 @@ def _load_bundle(config: TrainConfig, model_config: ModelConfig, device: torch.d
     if config.base_precision == "auto":
         logger.info("base_precision auto: %s (the memory estimate %s this GPU in bf16)", precision,
                     "fits" if precision == "bf16" else "does not fit")
-    if precision == "fp8":  # frozen weights stored in fp8 and cast per layer call
+    # with a block swap the editor loads into host memory; the trainer moves its resident part
+    model_device = torch.device("cpu") if config.blocks_to_swap else device
+    if precision == "fp8" or config.blocks_to_swap:  # fp8: frozen weights stored in fp8, cast per layer call
         from ..weights.dit import load_model
 
-        model, _ = load_model(model, preset=config.preset or None, editor=True, dtype=torch.bfloat16, device=device,
-                              ops="cast", weight_dtype=torch.float8_e4m3fn)
+        fp8 = dict(ops="cast", weight_dtype=torch.float8_e4m3fn) if precision == "fp8" else {}
+        model, _ = load_model(model, preset=config.preset or None, editor=True, dtype=torch.bfloat16,
+                              device=model_device, **fp8)
     bundle = load_bundle(model=model, video_vae=config.video_vae, audio_vae=config.audio_vae,
                          vocoder=config.vocoder or None, text_encoder=config.text_encoder,
                          preset=config.preset or None, device=device, dtype=torch.bfloat16)
@@ -327,6 +330,7 @@ def run_training(config: TrainConfig, bundle: EditorBundle | None = None, *, pro
     bundle.text_encoder = None
     with host.training():
         trainer = Trainer(bundle.model, config, data, empty_context=empty, validation=validation, codecs=codecs,
+                          device=bundle.device,
                           progress=progress if progress is not None else (_progress if rank == 0 else None),
                           should_stop=should_stop)
         return trainer.train()

@@ -241,6 +241,8 @@ def load_bundle(
     adapters: Sequence[PathLike | tuple[PathLike, float]] = (),
     models_dir: PathLike | None = None,
     mode: str = "editor",
+    blocks_to_swap: int = 0,
+    stream_blocks: bool = False,
 ) -> EditorBundle:
     """Load an :class:`EditorBundle` from model files (or take already loaded components).
 
@@ -253,6 +255,9 @@ def load_bundle(
     runs in ``dtype``. ``adapters``: adapter files (or ``(file, strength)``) merged into the editor.
     ``mode="base"`` loads the model as plain Ovi for FlowEdit (an editor file is refused; a named bundle
     resolves to its ``NAME-base`` loader, e.g. ``demo-base``).
+    ``blocks_to_swap``: keep that many of each tower's blocks off ``device`` and bring each in as it
+    runs (``runtime.offload``; same outputs, less device memory); ``stream_blocks``: read the swapped
+    blocks from the model file on each use instead of holding them in host RAM.
     """
     if mode not in BUNDLE_MODES:
         raise ValueError(f"mode must be one of {', '.join(BUNDLE_MODES)}, got {mode!r}")
@@ -275,12 +280,19 @@ def load_bundle(
     if named is not None:
         bundle = named(device=device, dtype=dtype, **{k: v for k, v in given.items() if v is not None})
         apply_adapters(bundle.model, adapters)
+        if stream_blocks:
+            raise ValueError(f"stream_blocks reads a model file; the named bundle {preset!r} has none to stream from")
+        if blocks_to_swap:
+            from ..runtime.offload import enable_block_swap
+
+            enable_block_swap(bundle.model, blocks_to_swap, device)
         return bundle
 
     found = _resolve_files(given, models_dir, preset)
     _adapter_specs(adapters)  # a missing adapter fails now, not after minutes of loading
     return _load_components(found, preset=preset, device=device, dtype=dtype, vae_dtype=vae_dtype,
-                            tokenizer=tokenizer, adapters=adapters, mode=mode)
+                            tokenizer=tokenizer, adapters=adapters, mode=mode, blocks_to_swap=blocks_to_swap,
+                            stream_blocks=stream_blocks)
 
 
 def _resolve_files(given: dict[str, object], models_dir: PathLike | None, preset: str | None) -> dict[str, object]:
@@ -308,7 +320,8 @@ def _resolve_files(given: dict[str, object], models_dir: PathLike | None, preset
 
 def _load_components(found: dict[str, object], *, preset: str | None, device: torch.device, dtype: torch.dtype,
                      vae_dtype: torch.dtype, tokenizer: PathLike | None,
-                     adapters: Sequence[PathLike | tuple[PathLike, float]], mode: str = "editor") -> EditorBundle:
+                     adapters: Sequence[PathLike | tuple[PathLike, float]], mode: str = "editor", blocks_to_swap: int = 0,
+                     stream_blocks: bool = False) -> EditorBundle:
     """Load what :func:`_resolve_files` found (paths) and take what was given (objects)."""
     # Small codecs first: a wrong audio or VAE file fails in seconds, not after the editor's minutes.
     t0 = time.perf_counter()
@@ -334,7 +347,18 @@ def _load_components(found: dict[str, object], *, preset: str | None, device: to
     if isinstance(found["model"], Path):
         from ..weights.dit import load_model
 
-        dit, info = load_model(found["model"], preset=preset, editor=mode == "editor", dtype=dtype, device=device)
+        if stream_blocks and blocks_to_swap:
+            if adapters:
+                raise ValueError("stream_blocks reads the swapped blocks from the model file, so adapters cannot be "
+                                 "merged into them: merge the adapter into a file first (`instructav2av "
+                                 "merge-adapter`) or drop stream_blocks")
+            from ..runtime.offload import load_streaming
+
+            dit, info, _ = load_streaming(found["model"], blocks_to_swap, device, preset=preset, editor=mode == "editor",
+                                          dtype=dtype)
+        else:  # swapped blocks wait in host memory: load there, the swap moves the rest to the device
+            dit, info = load_model(found["model"], preset=preset, editor=mode == "editor", dtype=dtype,
+                                   device="cpu" if blocks_to_swap else device)
         if mode == "editor" and not info.editor and not adapters:
             logger.warning("%s holds Ovi's base weights: the editor's new layers are untrained (initialised so "
                            "that it behaves like Ovi), so it generates rather than edits; add a trained --adapter",
@@ -345,7 +369,12 @@ def _load_components(found: dict[str, object], *, preset: str | None, device: to
         config = getattr(dit, "config", None) if preset is None else get_preset(preset)
         if not isinstance(config, ModelConfig):
             raise ValueError("a model object given to load_bundle needs a .config (ModelConfig) or a preset name")
-    apply_adapters(dit, adapters)
+    if not getattr(dit, "block_swap", None):
+        apply_adapters(dit, adapters)
+        if blocks_to_swap:
+            from ..runtime.offload import enable_block_swap
+
+            enable_block_swap(dit, blocks_to_swap, device)
     encoder = found["text_encoder"]
     if isinstance(encoder, Path):
         from ..weights.text_encoder import load_text_encoder

@@ -196,6 +196,7 @@ class AVEditorDiT(nn.Module):
         self.audio_model = WanTower(a, self.editor, ops)
         self.gradient_checkpointing = False
         self.compiled = False  # compile_blocks()
+        self.block_swap = None  # runtime.offload.BlockSwap: brings swapped blocks to the device per layer
         self._compute_dtype: torch.dtype | None = None
         self.init_weights()
 
@@ -385,8 +386,12 @@ class AVEditorDiT(nn.Module):
             raise TypeError(f"step_cache must be a StepCache, got {type(step_cache).__name__}")
         steps = step_cache if step_cache is not None and not torch.is_grad_enabled() and not return_gates else None
         if steps is not None:
+            if self.block_swap is not None:  # the indicator reads block 0's modulation
+                self.block_swap.fetch(0)
             indicators = {m: self._indicator(xs[m], s) for m, s in streams.items()}
             if steps.should_skip(indicators):
+                if self.block_swap is not None:
+                    self.block_swap.finish()
                 return self._heads({m: xs[m] + steps.residual(m) for m in present}, streams, None)
             inputs_xs = dict(xs)
         for i in range(self.num_layers):
@@ -396,13 +401,15 @@ class AVEditorDiT(nn.Module):
                 continue
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 out, layer_gates = checkpoint(
-                    self._layer, i, xs, streams, fused, return_gates, use_reentrant=False
+                    self._fetch_and_layer, i, xs, streams, fused, return_gates, use_reentrant=False
                 )
             else:
-                out, layer_gates = self._layer(i, xs, streams, fused, return_gates)
+                out, layer_gates = self._fetch_and_layer(i, xs, streams, fused, return_gates)
             xs = out
             for m in present:
                 gates[m].append(layer_gates.get(m))
+        if self.block_swap is not None:
+            self.block_swap.finish()
 
         if steps is not None:
             steps.store({m: xs[m] - inputs_xs[m] for m in present})
@@ -426,6 +433,12 @@ class AVEditorDiT(nn.Module):
         block = s.tower.blocks[0]
         shift, scale = block.modulation(s.e0)[:2]
         return torch.addcmul(shift, block.norm1(x), 1 + scale)
+
+    def _fetch_and_layer(self, i: int, *args):
+        # inside the checkpointed function, so that a backward's recomputation fetches the block again
+        if self.block_swap is not None:
+            self.block_swap.fetch(i)
+        return self._layer(i, *args)
 
     def _layer(
         self,

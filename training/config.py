@@ -78,6 +78,7 @@ RESUME_NEUTRAL = frozenset(
         "audio_vae",
         "vocoder",
         "text_encoder",
+        "blocks_to_swap",  # where weights wait changes memory, not what is computed
     }
 )
 
@@ -141,6 +142,9 @@ class TrainConfig:
     # bf16 when the run's memory estimate fits the accelerator, else fp8 (training.footprint)
     base_precision: str = "auto"
     gradient_checkpointing: bool = True  # at Ovi's size a 121-frame window needs it below 80 GB
+    # keep this many of each tower's frozen blocks off the accelerator, fetched block by block
+    # (runtime/offload.py); needs gradient checkpointing, LoRA/SIGA parameters stay resident
+    blocks_to_swap: int = 0
     distributed: str = "ddp"  # with several processes: "ddp", or "fsdp" (full fine-tune)
 
     # -- data (the CLI builds the dataset from these; the Python API takes dataset objects) ---
@@ -227,7 +231,10 @@ def _problems(c: TrainConfig):
                  "validation_count", "validation_steps"):
         if not isinstance(getattr(c, name), int) or getattr(c, name) < 1:
             yield f"{name}={getattr(c, name)!r}, expected an integer >= 1"
-    for name in ("warmup_steps", "checkpoint_every", "validate_every", "log_every", "num_frames", "window_stride", "height",
+    if isinstance(c.blocks_to_swap, int) and c.blocks_to_swap > 0 and not c.gradient_checkpointing:
+        yield (f"blocks_to_swap={c.blocks_to_swap} needs gradient_checkpointing=true (without it backward keeps "
+               "every block's weights alive, so swapping saves nothing)")
+    for name in ("blocks_to_swap", "warmup_steps", "checkpoint_every", "validate_every", "log_every", "num_frames", "window_stride", "height",
                  "width", "seed"):
         if not isinstance(getattr(c, name), int) or getattr(c, name) < 0:
             yield f"{name}={getattr(c, name)!r}, expected an integer >= 0"

@@ -105,6 +105,7 @@ class Trainer:
         codecs: Codecs | None = None,
         progress: ProgressFn | None = None,
         should_stop: Callable[[], bool] | None = None,
+        device: torch.device | str | None = None,
     ):
         if not getattr(model, "editor", False):
             raise ValueError("the trainer needs an editor model (AVEditorDiT(editor=True) or load_model(editor=True))")
@@ -123,7 +124,8 @@ class Trainer:
         self.progress = progress
         self.should_stop = should_stop
         self.rank, self.world = distributed.rank_and_world()
-        self.device = next(model.parameters()).device
+        # with a block swap the model may arrive in host memory; `device` names where it computes
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self._check_data()
         if not config.resume:
             check_new_run(self.output_dir)  # before the model is touched
@@ -140,6 +142,15 @@ class Trainer:
             if p.dtype != torch.float32:  # master weights in fp32; bf16 autocast does the maths
                 p.data = p.data.float()
         model.gradient_checkpointing = config.gradient_checkpointing
+        self.swap = None
+        if config.blocks_to_swap:  # after the trainables are final: they stay resident, the frozen rest swaps
+            from ..runtime.offload import enable_block_swap
+
+            if getattr(model, "block_swap", None) is not None:
+                model.block_swap.detach()
+            self.swap = enable_block_swap(model, config.blocks_to_swap, self.device)
+        elif device is not None:
+            model.to(self.device)
         model.compute_dtype = torch.bfloat16 if config.mixed_precision == "bf16" else None
         model.train()
 
@@ -382,6 +393,12 @@ class Trainer:
     # -- outputs -------------------------------------------------------------------------------
     def save_final(self) -> Path | None:
         """The run's product: an adapter file (LoRA) or a full editor file; fresh name, never overwrites."""
+        if self.swap is not None:  # the product's checks and files read every block's weights
+            with self.swap.gathered():
+                return self._save_final()
+        return self._save_final()
+
+    def _save_final(self) -> Path | None:
         c = self.config
         model: nn.Module = self.model
         if self.fsdp:  # gather the whole state (a collective), then rank 0 writes it

@@ -25,7 +25,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -296,6 +296,7 @@ def load_model(
     ops: object | str | None = None,
     strict: bool = True,
     weight_dtype: torch.dtype | None = None,
+    lazy: Callable[[str], bool] | None = None,
 ) -> tuple[torch.nn.Module, CheckpointInfo]:
     """Build :class:`~.dit.AVEditorDiT` for the file at ``path`` and fill it from the file.
 
@@ -309,6 +310,8 @@ def load_model(
     while loading (bf16 file, plain fp8 file, or another fp8 ``weight_dtype``; default e4m3fn); a
     scaled file read with ``ops="cast"`` uses the scaled layers, and with plain ops is dequantized.
     Missing or mismatched scales raise :class:`CheckpointError` before any weight is read.
+    ``lazy``: keys for which this returns True are not read and stay on ``meta`` (in their final
+    dtype), for a block swap that streams them from the file (``runtime.offload.load_streaming``).
     ``strict=False`` ignores unexpected keys; missing or wrongly shaped keys always fail.
     """
     from ..models.ops import FP8_DTYPES, cast_ops, get_ops, quantize_fp8, scaled_fp8_ops, torch_ops
@@ -368,6 +371,12 @@ def load_model(
 
         def read(key: str) -> torch.Tensor:  # one tensor at a time, straight into its final dtype
             stored = ckpt.stored_dtype(prefix + key)
+            if lazy is not None and lazy(key):  # left in the file: its final dtype, on meta
+                if scaled and key in linears:
+                    scale_of[key] = torch.empty((), dtype=torch.float32, device="meta")
+                    return torch.empty(needed[key], device="meta",
+                                       dtype=weight_dtype or (stored if stored in _FP8 else torch.float8_e4m3fn))
+                return torch.empty(needed[key], device="meta", dtype=target(key, stored))
             scale_key = scales.weights.get(key)
             if scaled and key in linears:  # fp8 + scale: keep the file's bytes where they already fit
                 want = weight_dtype or (stored if stored in _FP8 else torch.float8_e4m3fn)
@@ -388,6 +397,10 @@ def load_model(
         if want_editor and not info.editor:
             from ..models.dit import editor_state_dict_from_base
 
+            if lazy is not None:
+                raise ValueError(f"{ckpt.path} holds Ovi's base weights; loading it as an editor converts it, which "
+                                 "reads every tensor: convert it once (`instructav2av convert`) to stream its blocks")
+
             # base keys keep their names (the patch embeddings only widen), so `target` applies to both
             state = editor_state_dict_from_base({key: read(key) for key in needed}, info.config)
             if scaled:  # the SIGA source projections start as copies of self-attention's k/v: same scales
@@ -407,12 +420,14 @@ def load_model(
             for key in [k for k in state if k in linears]:
                 if state[key].dtype not in _FP8:  # e.g. the editor's new gate, made in the compute dtype
                     state[key], scale_of[key] = quantize_fp8(state[key], weight_dtype or torch.float8_e4m3fn)
-                state[key[: -len(".weight")] + fp8.SCALE_SUFFIX] = scale_of.get(key, torch.ones(())).to(device)
+                scale = scale_of.get(key, torch.ones(()))
+                state[key[: -len(".weight")] + fp8.SCALE_SUFFIX] = scale if scale.is_meta else scale.to(device)
         model.load_state_dict(state, strict=True, assign=True)
         if any(state[k].dtype != dtype for k in keep):  # weights kept in fp8: compute in `dtype`, not bf16
             model.compute_dtype = dtype
         del state
-    leftovers = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    leftovers = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
+                 if t.is_meta and not (lazy is not None and lazy(n))]
     if leftovers:
         raise RuntimeError(f"internal error: {len(leftovers)} tensors were never materialised (first: {leftovers[:3]})")
     logger.info("loaded %s: %s, preset %s (%s), %s", info.path.name, info.layout.kind, info.config.name,
