@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": (".demo", "edit the bundled demo clip with the embedded demo model (or --eval N held-out cases)"),
     "demo-train": (".demo", "train the embedded demo model (reproduces assets/demo; ablation variants)"),
     "download": (".models", "fetch model files from the Hugging Face hub, verified (--preset ovi-720-5s [--fp8])"),
+    "plan": (".plan", "peak GPU memory and host RAM of an edit or training run; --budget 12GB: what fits"),
     "doctor": (".models", "report versions, devices, attention backends and the state of every model file"),
     "models": (".models", "list the model files this pack knows, with their folders and URLs"),
 }

@@ -119,10 +119,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--threads", type=int, help="CPU threads for torch (default: the CPUs idle now, at least 1; "
                                                "OMP_NUM_THREADS is obeyed)")
     c.add_argument("--dtype", choices=tuple(DTYPES), default="bf16", help="model precision (default bf16, also on CPUs)")
-    c.add_argument("--blocks-to-swap", type=int, default=0, metavar="N",
+    c.add_argument("--blocks-to-swap", default="0", metavar="N|auto",
                    help="keep N of each tower's blocks (0-30 at Ovi's size) off the GPU and bring each in as it "
-                        "runs: same output, less GPU memory, some speed (default 0; `instructav2av plan` says "
-                        "what fits a budget)")
+                        "runs: same output, less GPU memory, some speed (default 0; auto: the fewest that let "
+                        "the edit fit the GPU's free memory, by `instructav2av plan`'s figures)")
     c.add_argument("--stream-blocks", action="store_true",
                    help="with --blocks-to-swap: read the swapped blocks from the model file on each use instead of "
                         "holding them in RAM (needs an editor safetensors file)")
@@ -137,6 +137,40 @@ def _adapter(spec: str) -> str | tuple[str, float]:
         except ValueError:
             pass
     return spec
+
+
+def _blocks_to_swap(text: str) -> int | str:
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"--blocks-to-swap must be a number of blocks (0-30 at Ovi's size) or auto, got {text!r}") from None
+    if n < 0:
+        raise ValueError(f"--blocks-to-swap must be 0 or more, got {n}")
+    return n
+
+
+def _auto_swap(args: argparse.Namespace) -> int:
+    from ..models.configs import PRESETS
+    from ..weights.dit import inspect_checkpoint
+    from .plan import auto_blocks_to_swap
+
+    preset = args.preset
+    if preset is None and args.model and Path(args.model).expanduser().is_file():
+        preset = inspect_checkpoint(Path(args.model).expanduser()).preset
+    if preset not in PRESETS:
+        return 0  # a named bundle or an unknown geometry: nothing to plan from, swap nothing
+    n = auto_blocks_to_swap(preset, args.device or ("cuda" if _cuda() else "cpu"), args.dtype,
+                            batch_guidance=not args.no_batch_guidance)
+    logger.info("--blocks-to-swap auto: %d (the memory planner's figure for this GPU's free memory)", n)
+    return n
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _slg(text: str | None) -> tuple[int, ...] | None:
@@ -379,9 +413,8 @@ def _run(args: argparse.Namespace) -> int:
         _check_skip_layers(_slg(args.slg) if flow else _guidance(args, EditGuidance()).slg_layers,
                            config.video.num_layers)
     dtype = DTYPES[args.dtype]
-    if args.blocks_to_swap < 0:
-        raise ValueError(f"--blocks-to-swap must be 0 or more, got {args.blocks_to_swap}")
-    if args.stream_blocks and not args.blocks_to_swap:
+    swap = _blocks_to_swap(args.blocks_to_swap)
+    if args.stream_blocks and not swap:
         raise ValueError("--stream-blocks streams the swapped blocks: give --blocks-to-swap N too")
 
     set_threads(args.threads)
@@ -391,7 +424,7 @@ def _run(args: argparse.Namespace) -> int:
         text_encoder=args.text_encoder, tokenizer=args.tokenizer, preset=args.preset, device=args.device,
         dtype=dtype, adapters=[_adapter(a) for a in args.adapter], models_dir=args.models_dir,
         mode="base" if flow else "editor",
-        blocks_to_swap=args.blocks_to_swap, stream_blocks=args.stream_blocks,
+        blocks_to_swap=swap if swap != "auto" else _auto_swap(args), stream_blocks=args.stream_blocks,
     )
     load_seconds = time.perf_counter() - t0
     bar = _Progress()
