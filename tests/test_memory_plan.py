@@ -12,7 +12,14 @@ from helpers_ckpt import ovi_key_shapes
 from instructav2av.cli import main
 from instructav2av.models.configs import get_preset
 from instructav2av.runtime import memory
-from instructav2av.runtime.memory import Settings, attention_workspace, dit_weights, parse_size, plan, trace_peak
+from instructav2av.runtime.memory import (
+    Settings,
+    attention_workspace,
+    dit_weights,
+    parse_size,
+    plan,
+    trace_peak,
+)
 
 TINY = get_preset("tiny")
 
