@@ -177,7 +177,7 @@ def test_edit_cli_with_blocks_swapped_writes_the_same_clip(fresh_tiny, tmp_path,
 def test_trainer_with_swapped_blocks_makes_the_same_updates(tmp_path):
     from test_trainer import EMPTY, config, tiny_editor, tiny_items, trainable_state
 
-    from instructav2av.data.pairs import InMemoryLatents
+    from instructav2av.data.latents import InMemoryLatents
     from instructav2av.training.trainer import Trainer
 
     def train(n, out):
