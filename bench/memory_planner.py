@@ -2,7 +2,7 @@
 
 Each size runs in a fresh process: build the editor on ``meta``, materialise its weights in bf16
 (random values, no float32 copy on the way), run one forward without gradients, and read the
-process's peak RSS (``ru_maxrss``). A process that only imports the package gives the measured
+process's peak RSS (``VmHWM``). A process that only imports the package gives the measured
 baseline. The planner's figure for the same run is ``plan(Settings(mode="forward", device="cpu"))``:
 its process baseline and CPU runtime constants (measured on an import-only process and on the
 1 MB "tiny" model, not on these sizes) + the weights + the traced activations + the attention workspace.
@@ -33,14 +33,19 @@ SIZES = [
 ]
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch
 sys.path.insert(0, sys.argv[1])
 from instructav2av.models.configs import get_preset, with_overrides
 from instructav2av.models.dit import AVEditorDiT
+def peak_rss():
+    # VmHWM: this process image's peak RSS (ru_maxrss survives exec and would report the parent's)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
 spec = json.loads(sys.argv[2])
 if spec.get("baseline"):
-    print(json.dumps({"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+    print(json.dumps({"rss": peak_rss()}))
     raise SystemExit
 torch.manual_seed(0)
 config = with_overrides(get_preset(spec["preset"]), **spec["over"]) if spec["over"] else get_preset(spec["preset"])
@@ -59,7 +64,7 @@ ctx = torch.randn(1, 64, config.video.text_dim, dtype=torch.bfloat16)
 t0 = time.perf_counter()
 with torch.no_grad():
     model(v, a, torch.tensor([500.0]), ctx, ctx, v, a)
-print(json.dumps({"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+print(json.dumps({"rss": peak_rss(),
                   "seconds": time.perf_counter() - t0}))
 """
 

@@ -53,11 +53,16 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime import memory
 
     s = settings_from(args)
+    training = None
+    if args.train:
+        from ..training.footprint import planner_hooks
+
+        training = planner_hooks()
     if not args.budget:
-        sys.stdout.write(memory.describe(memory.plan(s)) + "\n")
+        sys.stdout.write(memory.describe(memory.plan(s, training)) + "\n")
         return 0
     budget = memory.parse_size(args.budget)
-    best, smallest = memory.fit_budget(s, budget)
+    best, smallest = memory.fit_budget(s, budget, training)
     if best is None:
         over = smallest.device_peak - budget
         sys.stdout.write(f"nothing fits {budget / memory.GB:.2f} GB: the closest setting needs "

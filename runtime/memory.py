@@ -295,9 +295,8 @@ class DitWeights:
 
 
 @lru_cache(maxsize=32)
-def dit_weights(preset: str, dtype: str, fp8: str = "", lora_rank: int = 0) -> DitWeights:
-    """Bytes of the editor's weights as stored: fp8 Linears 1 byte + a float32 scale, the rest in ``dtype``.
-    With ``lora_rank``, LoRA on the default targets adds float32 A/B matrices (trainable, resident)."""
+def dit_weights(preset: str, dtype: str, fp8: str = "") -> DitWeights:
+    """Bytes of the editor's weights as stored: fp8 Linears 1 byte + a float32 scale, the rest in ``dtype``."""
     from ..models.dit import AVEditorDiT
     from ..weights.dit import linear_weight_keys
 
@@ -312,8 +311,6 @@ def dit_weights(preset: str, dtype: str, fp8: str = "", lora_rank: int = 0) -> D
         n = t.numel()
         params += n
         size = n + 4 if (fp8 and key in linears) else n * per
-        if lora_rank and key in linears and ".blocks." in key:
-            size += 4 * lora_rank * (t.shape[0] + t.shape[1]) if _lora_target(key) else 0
         parts = key.split(".")
         if parts[1] == "blocks":
             block[int(parts[2])] += size
@@ -322,10 +319,15 @@ def dit_weights(preset: str, dtype: str, fp8: str = "", lora_rank: int = 0) -> D
     return DitWeights(tuple(block), other, params)
 
 
-def _lora_target(key: str) -> bool:
-    from ..training.config import DEFAULT_LORA_TARGETS
+@dataclass(frozen=True)
+class TrainingHooks:
+    """What the planner needs from the training package (above it in the import order), passed in by
+    the caller: ``prepare(model, lora_rank)`` injects the run's LoRA layers into a meta model and marks
+    what trains; ``trainable(preset, lora_rank)`` counts the trainable parameters.
+    ``training.footprint.planner_hooks()`` makes them."""
 
-    return any(f".{t}.weight" in key for t in (*DEFAULT_LORA_TARGETS, "cross_attn.k_source", "cross_attn.v_source"))
+    prepare: Callable[[torch.nn.Module, int], None]
+    trainable: Callable[[str, int], int]
 
 
 @lru_cache(maxsize=4)
@@ -366,7 +368,8 @@ def vae_decode_bytes(dtype: str, latent: tuple[int, int, int], tiling: bool) -> 
 
 @lru_cache(maxsize=64)
 def dit_activations(preset: str, dtype: str, fp8: str, video_tokens_grid: tuple[int, int, int], audio: int,
-                    batch: int, train: bool, checkpointing: bool, lora_rank: int) -> int:
+                    batch: int, train: bool, checkpointing: bool, lora_rank: int,
+                    training: TrainingHooks | None = None) -> int:
     """Peak bytes one forward (``train``: forward + backward) allocates beyond the stored weights, traced on meta."""
     from ..models.dit import AVEditorDiT
     from ..models.ops import cast_ops, scaled_fp8_ops
@@ -389,12 +392,10 @@ def dit_activations(preset: str, dtype: str, fp8: str, video_tokens_grid: tuple[
     t = torch.full((batch,), 500.0, device="meta")
     model.requires_grad_(False)
     if train:
-        from ..training.config import TrainConfig
-        from ..training.lora import apply_lora, configure_trainable
-
-        tc = TrainConfig(lora_rank=lora_rank, stage="joint")
-        apply_lora(model, tc)
-        configure_trainable(model, tc)
+        if training is None:
+            raise ValueError("planning a training run needs the training hooks: "
+                             "plan(settings, training=instructav2av.training.footprint.planner_hooks())")
+        training.prepare(model, lora_rank)
         model.gradient_checkpointing = checkpointing
         model.train()
 
@@ -454,7 +455,7 @@ def guidance_batch(s: Settings) -> int:
     return 2 if s.batch_guidance else 1
 
 
-def plan(settings: Settings) -> Plan:
+def plan(settings: Settings, training: TrainingHooks | None = None) -> Plan:
     """Peak device memory and peak host RAM of ``settings``, by component (see the module docstring)."""
     s = settings.check()
     c = s.config
@@ -462,13 +463,13 @@ def plan(settings: Settings) -> Plan:
     p = c.video.patch_size
     grid = (lf, lh - lh % p[1], lw - lw % p[2])
     train = s.mode == "train"
-    w = dit_weights(s.preset, s.dtype, s.fp8, s.lora_rank if train else 0)
+    w = dit_weights(s.preset, s.dtype, s.fp8)
     swapped = sum(w.block[: s.blocks_to_swap])
     in_flight = sum(sorted(w.block[: s.blocks_to_swap], reverse=True)[:2])
     resident = w.total - swapped
     batch = s.batch if train or s.mode == "forward" else guidance_batch(s)
     act = dit_activations(s.preset, s.dtype, s.fp8, grid, audio, batch, train,
-                          s.gradient_checkpointing, s.lora_rank)
+                          s.gradient_checkpointing, s.lora_rank, training if train else None)
     attn = attention_workspace(s, batch)
     out = Plan(s)
     cpu = s.device == "cpu"
@@ -477,7 +478,10 @@ def plan(settings: Settings) -> Plan:
     sample = {"resident weights": resident, "streamed weights (2 blocks in flight)": in_flight,
               "activations": act, "attention workspace": attn}
     if train:
-        trainable = sum(_trainable_params(s.preset, s.lora_rank))
+        trainable = training.trainable(s.preset, s.lora_rank)
+        # resident, never swapped: the trainable parameters' float32 master copies (LoRA A/B and the
+        # editor's new layers; the latter are also counted, in the compute dtype, inside the blocks)
+        sample["trainable parameters (fp32)"] = trainable * 4
         sample["optimizer state (AdamW, fp32)"] = trainable * 8  # two moments (grads are in the trace)
     phases: dict[str, dict[str, int]] = {"sample": dict(sample)}
     if s.mode == "edit":
@@ -521,15 +525,6 @@ def plan(settings: Settings) -> Plan:
     return out
 
 
-@lru_cache(maxsize=8)
-def _trainable_params(preset: str, lora_rank: int) -> tuple[int, ...]:
-    from ..training.config import TrainConfig
-    from ..training.footprint import footprint
-
-    fp = footprint(get_preset(preset), TrainConfig(lora_rank=lora_rank, stage="joint"))
-    return (fp.trainable,)
-
-
 # -- fitting a budget ------------------------------------------------------------------------------------
 
 
@@ -558,9 +553,9 @@ def slowness(p: Plan) -> tuple:
             s.vae == "device")
 
 
-def fit_budget(base: Settings, budget: int) -> tuple[Plan | None, Plan]:
+def fit_budget(base: Settings, budget: int, training: TrainingHooks | None = None) -> tuple[Plan | None, Plan]:
     """(the fastest plan within ``budget`` device bytes or None, the plan with the smallest device peak)."""
-    plans = [plan(s) for s in _candidates(base)]
+    plans = [plan(s, training) for s in _candidates(base)]
     fitting = [p for p in plans if p.device_peak <= budget]
     smallest = min(plans, key=lambda p: p.device_peak)
     return (min(fitting, key=slowness) if fitting else None), smallest
@@ -606,6 +601,6 @@ def describe(p: Plan) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["VAEMemoryEstimate", "estimate_vae_memory", "Settings", "Plan", "plan", "fit_budget", "parse_size", "describe", "trace_peak", "dit_weights",
+__all__ = ["VAEMemoryEstimate", "estimate_vae_memory", "Settings", "Plan", "TrainingHooks", "plan", "fit_budget", "parse_size", "describe", "trace_peak", "dit_weights",
            "dit_activations", "attention_workspace", "vae_decode_bytes", "slowness", "HOST_BASELINE", "CPU_RUNTIME",
            "CUDA_OVERHEAD", "GB"]

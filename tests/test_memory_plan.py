@@ -20,6 +20,7 @@ from instructav2av.runtime.memory import (
     plan,
     trace_peak,
 )
+from instructav2av.training.footprint import planner_hooks
 
 TINY = get_preset("tiny")
 
@@ -83,9 +84,16 @@ def test_activations_grow_with_tokens_and_batch():
     assert act("small", "bf16", "", (3, 16, 16), 10, 1, False, True, 4) > 3 * one
     assert act("small", "bf16", "", (3, 8, 8), 10, 2, False, True, 4) > 1.5 * one
     # training keeps every block's activations without checkpointing, one block's with it
-    ckpt = act("small", "bf16", "", (3, 8, 8), 10, 1, True, True, 4)
-    full = act("small", "bf16", "", (3, 8, 8), 10, 1, True, False, 4)
+    hooks = planner_hooks()
+    ckpt = act("small", "bf16", "", (3, 8, 8), 10, 1, True, True, 4, hooks)
+    full = act("small", "bf16", "", (3, 8, 8), 10, 1, True, False, 4, hooks)
     assert full > ckpt > one
+    with pytest.raises(ValueError, match="training hooks"):
+        plan(Settings(preset="small", mode="train"))
+    p = plan(Settings(preset="small", mode="train", lora_rank=4), hooks)
+    trainable = hooks.trainable("small", 4)
+    assert p.device["trainable parameters (fp32)"] == 4 * trainable
+    assert p.device["optimizer state (AdamW, fp32)"] == 8 * trainable
 
 
 @pytest.mark.parametrize("text, want", [("12GB", 12e9), ("12 GiB", 12 * 1024**3), ("11.5", 11.5e9), ("512MB", 512e6)])

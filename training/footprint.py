@@ -160,4 +160,24 @@ def describe(model_config: ModelConfig, config: TrainConfig) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Footprint", "footprint", "memory_estimate", "choose_base_precision", "accelerator_bytes", "describe", "TRAIN_STATE_BYTES", "BASE_BYTES"]
+def planner_hooks():
+    """The memory planner's view of a LoRA run (``runtime.memory.plan(settings, training=...)``): the
+    default joint-stage LoRA of this trainer at a given rank."""
+    from ..runtime.memory import TrainingHooks
+    from .lora import apply_lora, configure_trainable
+
+    def prepare(model, rank: int) -> None:
+        config = TrainConfig(lora_rank=rank, stage="joint")
+        apply_lora(model, config)
+        configure_trainable(model, config)
+
+    def trainable(preset: str, rank: int) -> int:
+        from ..models.configs import get_preset
+
+        return footprint(get_preset(preset), TrainConfig(lora_rank=rank, stage="joint")).trainable
+
+    return TrainingHooks(prepare, trainable)
+
+
+__all__ = ["Footprint", "footprint", "memory_estimate", "choose_base_precision", "accelerator_bytes", "describe",
+           "planner_hooks", "TRAIN_STATE_BYTES", "BASE_BYTES"]
