@@ -196,3 +196,24 @@ def test_trainer_with_swapped_blocks_makes_the_same_updates(tmp_path):
     with pytest.raises(ValueError, match="has 2 blocks per tower"):
         Trainer(tiny_editor(), config(tmp_path / "c", blocks_to_swap=3), InMemoryLatents(tiny_items(2)),
                 empty_context=EMPTY)
+
+
+def test_swap_with_step_caching_reads_block_0_on_the_device():
+    """Step caching's indicator reads block 0's modulation before the block loop: with block 0 swapped
+    it must be fetched first (a meta placeholder would fail), and cached steps equal unswapped ones."""
+    from instructav2av.models.step_cache import StepCache
+
+    def run(n):
+        model = _model()
+        if n:
+            enable_block_swap(model, n, "cpu")
+        cache = StepCache(threshold=10.0, max_skips=2)  # the second call is skipped (residual reused)
+        with torch.no_grad():
+            first = model(**_inputs(), step_cache=cache)
+            second = model(**_inputs(), step_cache=cache)
+        return first, second, getattr(model.block_swap, "stats", None)
+
+    (a1, a2, _), (b1, b2, stats) = run(0), run(4)
+    for x, y in zip((*a1, *a2), (*b1, *b2)):
+        assert torch.equal(x, y)
+    assert stats.resident_now == set()
