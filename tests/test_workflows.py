@@ -18,6 +18,7 @@ import torch
 from instructav2av import NODE_CLASS_MAPPINGS
 from instructav2av import editing as pipeline
 from instructav2av.editing import bundle as bundle_module
+from instructav2av.nodes.prompt_runner import run_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / "workflows"
@@ -314,30 +315,13 @@ def test_workflow_checks_catch_mistakes():
 def run_api(prompt: dict) -> dict:
     """Execute our nodes in dependency order; core nodes are sinks that record what they receive
     (MaskToImage, a channel copy, is done here so its output can be checked)."""
-    results: dict[str, tuple] = {}
     received: dict[str, dict] = {}
 
-    def value(v):
-        return results[v[0]][v[1]] if isinstance(v, list) else v
+    def core(nid: str, cls: str, kwargs: dict) -> tuple:
+        received[nid] = kwargs
+        return (kwargs["mask"][..., None].expand(-1, -1, -1, 3),) if cls == "MaskToImage" else (None,)
 
-    def run(nid: str) -> None:
-        if nid in results:
-            return
-        node = prompt[nid]
-        for v in node["inputs"].values():
-            if isinstance(v, list):
-                run(v[0])
-        kwargs = {k: value(v) for k, v in node["inputs"].items()}
-        cls = node["class_type"]
-        if cls in NODE_CLASS_MAPPINGS:
-            obj = NODE_CLASS_MAPPINGS[cls]()
-            results[nid] = getattr(obj, obj.FUNCTION)(**kwargs)
-        else:
-            received[nid] = kwargs
-            results[nid] = (kwargs["mask"][..., None].expand(-1, -1, -1, 3),) if cls == "MaskToImage" else (None,)
-
-    for nid in prompt:
-        run(nid)
+    run_prompt(prompt, NODE_CLASS_MAPPINGS, core)
     return received
 
 

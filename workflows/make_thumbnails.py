@@ -26,29 +26,11 @@ LABEL = 96
 def run_demo() -> dict:
     """The demo workflow's nodes, in graph order, with its own widget values."""
     from instructav2av import NODE_CLASS_MAPPINGS as nodes
+    from instructav2av.nodes.prompt_runner import run_prompt
 
     prompt = json.loads((HERE / "api" / "instructav2av_demo_cpu.json").read_text())
-    results: dict[str, tuple] = {}
-
-    def resolve(v):
-        return results[v[0]][v[1]] if isinstance(v, list) else v
-
-    def run(nid: str) -> None:
-        if nid in results:
-            return
-        node = prompt[nid]
-        for v in node["inputs"].values():
-            if isinstance(v, list):
-                run(v[0])
-        cls = nodes.get(node["class_type"])
-        if cls is None:  # core nodes: not needed for the picture
-            results[nid] = (None,)
-            return
-        obj = cls()
-        results[nid] = getattr(obj, obj.FUNCTION)(**{k: resolve(v) for k, v in node["inputs"].items()})
-
-    for nid in prompt:
-        run(nid)
+    # core nodes are not needed for the picture
+    results = run_prompt(prompt, nodes, lambda nid, cls, kwargs: (None,))
     by_type = {prompt[nid]["class_type"]: res for nid, res in results.items()}
     clip = by_type["InstructAV2AVDemoClip"]
     edited = by_type["InstructAV2AVDecode"]
