@@ -147,3 +147,17 @@ def truncated_copy(src: Path, dst: Path, fraction: float) -> Path:
     data = src.read_bytes()
     dst.write_bytes(data[: int(len(data) * fraction)])
     return dst
+
+
+def write_pairs(root: Path, count: int) -> None:
+    """`count` synthetic training pairs under `root` (pairN/source.mp4, target.mp4, instruction.txt)."""
+    from instructav2av.data.synthetic import make_sample
+    from instructav2av.media import write_clip
+
+    for i in range(count):
+        s = make_sample(i, seed=3)
+        folder = root / f"pair{i}"
+        folder.mkdir(parents=True)
+        write_clip(folder / "source.mp4", s.source_video, 16, s.source_audio, 16000)
+        write_clip(folder / "target.mp4", s.target_video, 16, s.target_audio, 16000)
+        (folder / "instruction.txt").write_text(s.instruction)

@@ -12,6 +12,7 @@ import types
 
 import pytest
 from comfy_stubs import comfy_stubs
+from media_fixtures import write_pairs
 
 from instructav2av import NODE_CLASS_MAPPINGS
 from instructav2av.models.configs import get_preset
@@ -53,16 +54,7 @@ def _tiny_model():
 
 
 def _write_pairs(root, count: int = 1):
-    from instructav2av.data.synthetic import make_sample
-    from instructav2av.media import write_clip
-
-    for i in range(count):
-        s = make_sample(i, seed=3)
-        folder = root / f"pair{i}"
-        folder.mkdir(parents=True)
-        write_clip(folder / "source.mp4", s.source_video, 16, s.source_audio, 16000)
-        write_clip(folder / "target.mp4", s.target_video, 16, s.target_audio, 16000)
-        (folder / "instruction.txt").write_text(s.instruction)
+    write_pairs(root, count)
 
 
 # --------------------------------------------------------------------------------------------

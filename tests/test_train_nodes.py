@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from media_fixtures import write_pairs
 from test_nodes import ByteEncoder, node, tiny_bundle, tiny_config
 
 from instructav2av.demo.codecs import DemoAudioCodec, DemoVideoCodec
@@ -15,16 +16,7 @@ from instructav2av.nodes.handles import AudioVAEHandle, TextEncoderHandle, Video
 
 
 def _write_pairs(root, count: int = 2):
-    from instructav2av.data.synthetic import make_sample
-    from instructav2av.media import write_clip
-
-    for i in range(count):
-        s = make_sample(i, seed=3)
-        folder = root / f"pair{i}"
-        folder.mkdir(parents=True)
-        write_clip(folder / "source.mp4", s.source_video, 16, s.source_audio, 16000)
-        write_clip(folder / "target.mp4", s.target_video, 16, s.target_audio, 16000)
-        (folder / "instruction.txt").write_text(s.instruction)
+    write_pairs(root, count)
 
 
 def test_training_nodes_train_an_adapter_the_loader_applies(tmp_path, monkeypatch):
