@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -67,20 +67,29 @@ _TOP_WAN_TO_DIFFUSERS = (
 _RESNET_PREFIX = re.compile(r"^(.*\.(?:resnets\.\d+)\.)(.*)$")
 
 
-def wan22_key_to_diffusers(key: str) -> str:
-    """Map one key of Wan's / ComfyUI's Wan2.2 VAE layout to diffusers' ``AutoencoderKLWan`` name."""
-    for pattern, repl in _TOP_WAN_TO_DIFFUSERS:
+def _first_rule(rules: tuple[tuple[str, str], ...], key: str) -> str:
+    """`key` rewritten by the first regex rule that matches it (unchanged when none does)."""
+    for pattern, repl in rules:
         new, n = re.subn(pattern, repl, key)
         if n:
-            key = new
-            break
+            return new
+    return key
+
+
+def _rename_resnet_part(key: str, renames: Iterable[tuple[str, str]]) -> str:
+    """Inside a ``resnets.N.`` key, the first ``(old, new)`` part-name prefix of `renames` swapped."""
     m = _RESNET_PREFIX.match(key)
     if m:
         head, tail = m.groups()
-        for old, new in _RESNET_WAN_TO_DIFFUSERS:
+        for old, new in renames:
             if tail.startswith(old):
                 return head + new + tail[len(old):]
     return key
+
+
+def wan22_key_to_diffusers(key: str) -> str:
+    """Map one key of Wan's / ComfyUI's Wan2.2 VAE layout to diffusers' ``AutoencoderKLWan`` name."""
+    return _rename_resnet_part(_first_rule(_TOP_WAN_TO_DIFFUSERS, key), _RESNET_WAN_TO_DIFFUSERS)
 
 
 def convert_wan22_vae_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -90,14 +99,7 @@ def convert_wan22_vae_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
 
 def diffusers_key_to_wan22(key: str, num_res_blocks: int = 2) -> str:
     """The inverse of :func:`wan22_key_to_diffusers` (to export a VAE in Wan's / ComfyUI's layout)."""
-    resnet_back = {new: old for old, new in _RESNET_WAN_TO_DIFFUSERS}
-    m = _RESNET_PREFIX.match(key)
-    if m:
-        head, tail = m.groups()
-        for new, old in resnet_back.items():
-            if tail.startswith(new):
-                key = head + old + tail[len(new):]
-                break
+    key = _rename_resnet_part(key, [(new, old) for old, new in _RESNET_WAN_TO_DIFFUSERS])
     rules = (
         (r"^quant_conv\.", "conv1."),
         (r"^post_quant_conv\.", "conv2."),
@@ -113,11 +115,7 @@ def diffusers_key_to_wan22(key: str, num_res_blocks: int = 2) -> str:
         (r"^decoder\.up_blocks\.(\d+)\.upsampler\.", rf"decoder.upsamples.\1.upsamples.{num_res_blocks + 1}."),
         (r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", r"decoder.upsamples.\1.upsamples.\2."),
     )
-    for pattern, repl in rules:
-        new, n = re.subn(pattern, repl, key)
-        if n:
-            return new
-    return key
+    return _first_rule(rules, key)
 
 
 def detect_vae_layout(keys: list[str] | set[str]) -> str:
