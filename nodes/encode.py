@@ -59,6 +59,28 @@ def make_bundle(model: ModelHandle, video_vae: VideoVAEHandle, audio_vae: AudioV
                         dtype=model.dtype, defaults=model.defaults, name=model.name, mode=mode)
 
 
+def embed_texts(text_encoder: TextEncoderHandle, texts: list[str], keep_loaded: bool = False) -> dict:
+    """``{text: embedding}`` (float32, on ComfyUI's intermediate device) for each of `texts`.
+
+    The encoder runs on its compute device for the call only; it is freed afterwards unless
+    `keep_loaded` (or its handle keeps it), and a kept encoder goes back off the GPU."""
+    encoder = text_encoder.get()
+    try:
+        if hasattr(encoder, "to"):
+            encoder.to(text_encoder.run_device())
+        with torch.no_grad():
+            embs = encoder.encode(texts)
+    finally:
+        if (keep_loaded or not text_encoder.release()) and hasattr(encoder, "to"):
+            encoder.to(comfy_env.offload_device())  # kept, but off the GPU while the editor samples
+        del encoder
+        comfy_env.free_memory()
+    if len(embs) != len(texts):
+        raise RuntimeError(f"the text encoder returned {len(embs)} embeddings for {len(texts)} texts")
+    device = comfy_env.intermediate_device()
+    return {t: e.detach().to(device, torch.float32) for t, e in zip(texts, embs)}
+
+
 class InstructionEncode:
     DESCRIPTION = (
         "Encodes the editing instruction (what to change in the picture and the sound) and the negative prompts "
@@ -109,21 +131,7 @@ class InstructionEncode:
 
         text = check_instruction(instruction)
         texts = list(dict.fromkeys([text, video_negative or "", audio_negative or ""]))
-        encoder = text_encoder.get()
-        try:
-            if hasattr(encoder, "to"):
-                encoder.to(text_encoder.run_device())
-            with torch.no_grad():
-                embs = encoder.encode(texts)
-        finally:
-            if (keep_loaded or not text_encoder.release()) and hasattr(encoder, "to"):
-                encoder.to(comfy_env.offload_device())  # kept, but off the GPU while the editor samples
-            del encoder
-            comfy_env.free_memory()
-        if len(embs) != len(texts):
-            raise RuntimeError(f"the text encoder returned {len(embs)} embeddings for {len(texts)} texts")
-        device = comfy_env.intermediate_device()
-        embeddings = {t: e.detach().to(device, torch.float32) for t, e in zip(texts, embs)}
+        embeddings = embed_texts(text_encoder, texts, keep_loaded)
         return (Instruction(text, video_negative or "", audio_negative or "", embeddings, text_encoder.name),)
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from . import comfy_env
-from .encode import make_bundle
+from .encode import embed_texts, make_bundle
 from .handles import (
     DESCRIPTIONS,
     LATENTS,
@@ -66,21 +64,7 @@ class DescriptionsEncode:
 
         src, tar = check_descriptions(source_prompt, target_prompt)
         texts = list(dict.fromkeys([src, tar, video_negative or "", audio_negative or ""]))
-        encoder = text_encoder.get()
-        try:
-            if hasattr(encoder, "to"):
-                encoder.to(text_encoder.run_device())
-            with torch.no_grad():
-                embs = encoder.encode(texts)
-        finally:
-            if not text_encoder.release() and hasattr(encoder, "to"):
-                encoder.to(comfy_env.offload_device())
-            del encoder
-            comfy_env.free_memory()
-        if len(embs) != len(texts):
-            raise RuntimeError(f"the text encoder returned {len(embs)} embeddings for {len(texts)} texts")
-        device = comfy_env.intermediate_device()
-        embeddings = {t: e.detach().to(device, torch.float32) for t, e in zip(texts, embs)}
+        embeddings = embed_texts(text_encoder, texts)
         return (Descriptions(src, tar, video_negative or "", audio_negative or "", embeddings, text_encoder.name),)
 
 
