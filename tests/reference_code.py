@@ -77,16 +77,23 @@ def _import_file(name: str, path: Path) -> types.ModuleType:
     return module
 
 
-def load_wan_vae_module() -> types.ModuleType:
-    """Wan's ``vae2_2`` module (``WanVAE_``, ``Wan2_2_VAE``)."""
+def _wan_reference_start(name: str) -> tuple[Path, types.ModuleType | None]:
+    """Wan's modules folder and `name` if it is imported already; else the ``_wan_reference``
+    package is set up for importing it (a missing checkout raises with the skip reason)."""
     folder = wan_modules_dir()
     if folder is None:
         raise RuntimeError(wan_skip_reason())
-    name = "_wan_reference.vae2_2"
     if name in sys.modules:
-        return sys.modules[name]
+        return folder, sys.modules[name]
     _package("_wan_reference", folder)
-    return _import_file(name, folder / "vae2_2.py")
+    return folder, None
+
+
+def load_wan_vae_module() -> types.ModuleType:
+    """Wan's ``vae2_2`` module (``WanVAE_``, ``Wan2_2_VAE``)."""
+    name = "_wan_reference.vae2_2"
+    folder, loaded = _wan_reference_start(name)
+    return loaded if loaded is not None else _import_file(name, folder / "vae2_2.py")
 
 
 def load_wan_t5_module() -> types.ModuleType:
@@ -97,13 +104,10 @@ def load_wan_t5_module() -> types.ModuleType:
     encoder network, so the tokenizer module is a stand-in and the CUDA call answers "cpu" while
     the file is imported.
     """
-    folder = wan_modules_dir()
-    if folder is None:
-        raise RuntimeError(wan_skip_reason())
     name = "_wan_reference.t5"
-    if name in sys.modules:
-        return sys.modules[name]
-    _package("_wan_reference", folder)
+    folder, loaded = _wan_reference_start(name)
+    if loaded is not None:
+        return loaded
     stub = types.ModuleType("_wan_reference.tokenizers")
     stub.HuggingfaceTokenizer = object
     sys.modules.setdefault("_wan_reference.tokenizers", stub)

@@ -88,14 +88,7 @@ def weight_normed_vocoder(cfg: BigVGANConfig = TINY_VOC, seed: int = 0, old_api:
                     torch.nn.utils.weight_norm(m)
                 else:
                     torch.nn.utils.parametrizations.weight_norm(m)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("alpha", "beta")):
-                p.copy_(0.3 * torch.randn_like(p))
-            elif name.endswith(("weight_g", "original0")):
-                p.mul_(1 + 0.5 * torch.rand_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.01 * torch.randn_like(p))
+    _randomise_snakes_and_norms(model)
     return model.eval()
 
 
@@ -493,8 +486,8 @@ def test_mel_statistics_default_when_absent(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def _randomise_vocoder(model: nn.Module) -> None:
-    torch.manual_seed(1)
+def _randomise_snakes_and_norms(model: nn.Module) -> None:
+    """Non-trivial Snake alpha/beta, weight-norm scales and biases (from torch's global generator)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("alpha", "beta")):
@@ -503,6 +496,11 @@ def _randomise_vocoder(model: nn.Module) -> None:
                 p.mul_(1 + 0.5 * torch.rand_like(p))
             elif name.endswith("bias"):
                 p.copy_(0.01 * torch.randn_like(p))
+
+
+def _randomise_vocoder(model: nn.Module) -> None:
+    torch.manual_seed(1)
+    _randomise_snakes_and_norms(model)
 
 
 @pytest.mark.skipif(mmaudio_skip_reason() is not None, reason=mmaudio_skip_reason() or "")
