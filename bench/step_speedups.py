@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     d = bundle.defaults
     print(f"demo model, {args.cases} held-out cases, {d.steps} {d.solver} steps, shift {d.shift}, "
           f"{torch.get_num_threads()} threads, median of {args.reps}")
-    evaluate_heldout(bundle, 1)  # warm-up
+    evaluate_heldout(bundle, args.cases)  # warm-up on the same cases (a cold first run inflated the baseline)
     base_w, base_c, base, _ = _run(bundle, args.cases, 0.0, args.reps)
     header = f"{'step cache':>10} {'wall s':>7} {'CPU s':>7} {'speed-up':>8} {'skipped':>7} " + " ".join(
         f"{label:>17}" for _, label, _ in SCORES
