@@ -77,6 +77,17 @@ def _folder_paths(models_dir: Path, base_dir: Path) -> types.ModuleType:
     return fp
 
 
+def model_management_module(compute: str = "cpu", soft_empty_cache=lambda force=False: None) -> types.ModuleType:
+    """A stand-in ``comfy.model_management``: `compute` is the compute device, the offload and
+    intermediate devices are the CPU; callers add what their test records."""
+    mm = types.ModuleType("comfy.model_management")
+    mm.get_torch_device = lambda: torch.device(compute)
+    mm.unet_offload_device = lambda: torch.device("cpu")
+    mm.intermediate_device = lambda: torch.device("cpu")
+    mm.soft_empty_cache = soft_empty_cache
+    return mm
+
+
 class ComfyStubs:
     """Handles on the installed stubs: the recorded progress calls and the interrupt flag."""
 
@@ -148,12 +159,8 @@ class ComfyStubs:
 
     def _model_management(self) -> types.ModuleType:
         stubs = self
-        mm = types.ModuleType("comfy.model_management")
+        mm = model_management_module()
         mm.InterruptProcessingException = InterruptProcessingException
-        mm.get_torch_device = lambda: torch.device("cpu")
-        mm.intermediate_device = lambda: torch.device("cpu")
-        mm.unet_offload_device = lambda: torch.device("cpu")
-        mm.soft_empty_cache = lambda force=False: None
         mm.processing_interrupted = lambda: stubs.interrupt
 
         def throw_exception_if_processing_interrupted():

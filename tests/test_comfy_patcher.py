@@ -12,6 +12,7 @@ import types
 
 import pytest
 import torch
+from comfy_stubs import model_management_module
 
 from instructav2av.models.configs import get_preset
 from instructav2av.nodes import comfy_env
@@ -21,12 +22,8 @@ from instructav2av.nodes.handles import ModelHandle
 @pytest.fixture
 def comfy(monkeypatch):
     log = []
-    mm = types.ModuleType("comfy.model_management")
-    mm.get_torch_device = lambda: torch.device("cpu")
-    mm.unet_offload_device = lambda: torch.device("cpu")
-    mm.intermediate_device = lambda: torch.device("cpu")
+    mm = model_management_module("cpu", lambda force=False: log.append(("soft_empty_cache",)))
     mm.free_memory = lambda memory_required, device, keep_loaded=(): log.append(("free_memory",))
-    mm.soft_empty_cache = lambda force=False: log.append(("soft_empty_cache",))
     mm.current_loaded_models = []
 
     def load_models_gpu(models, **kwargs):

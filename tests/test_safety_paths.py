@@ -21,6 +21,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from comfy_stubs import model_management_module
 from helpers_ckpt import ovi_key_shapes, random_weights, save
 from media_fixtures import pattern_frame
 
@@ -141,13 +142,9 @@ class _Movable:
 def accelerator(monkeypatch):
     """A stand-in comfy.model_management whose compute device is an accelerator, recording every call."""
     log = []
-    mm = types.ModuleType("comfy.model_management")
-    mm.get_torch_device = lambda: torch.device("cuda")
-    mm.unet_offload_device = lambda: torch.device("cpu")
-    mm.intermediate_device = lambda: torch.device("cpu")
+    mm = model_management_module("cuda", lambda force=False: log.append(("soft_empty_cache",)))
     mm.free_memory = lambda memory_required, device, keep_loaded=(): log.append(("free_memory", memory_required,
                                                                                   torch.device(device).type))
-    mm.soft_empty_cache = lambda force=False: log.append(("soft_empty_cache",))
     comfy = types.ModuleType("comfy")
     comfy.__path__ = []
     comfy.model_management = mm
