@@ -13,6 +13,7 @@ import inspect
 import math
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -90,6 +91,17 @@ def source_clip(frames: int = 17, seed: int = 0) -> tuple[torch.Tensor, dict, st
     samples = round(frames / 16 * 16000)
     audio = {"waveform": s.source_audio[:samples].reshape(1, 1, -1).clone(), "sample_rate": 16000}
     return images, audio, s.instruction
+
+
+@contextmanager
+def forward_calls(module: nn.Module):
+    """A list that gains one entry per forward call of `module` while the block runs."""
+    calls: list[int] = []
+    hook = module.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        yield calls
+    finally:
+        hook.remove()
 
 
 def run_graph(bundle, images, audio, instruction, *, seed=0, length="one window", steps=STEPS, join=None, overlap=0,
@@ -349,28 +361,22 @@ def test_sampler_checks_its_options(tiny_demo):
 
 def test_progress_previews_and_interrupt_within_one_step(tiny_demo, tmp_path):
     images, audio, instruction = source_clip(frames=9)
-    model = tiny_demo[0]
-    calls = []
-    hook = model.model.register_forward_hook(lambda *_: calls.append(1))
-    try:
-        with comfy_stubs(tmp_path) as stubs:
-            run_graph(tiny_demo, images, audio, instruction, steps=3)
-            sampled = [p for p in stubs.progress if p[1] == 3]
-            assert [v for v, _, _ in sampled[:3]] == [1, 2, 3]
-            fmt, image, size = sampled[0][2]  # ComfyUI's preview tuple with a decoded frame
-            assert fmt == "JPEG" and image.size == (32, 32) and size == comfy_env.PREVIEW_SIZE
-            per_step = len(calls) // 3
-            # Cancel is pressed during sampling step 1 (progress: 1 source-encoding update, then 1 per
-            # step): the sampler stops before step 2 and raises ComfyUI's own exception.
-            stubs.progress.clear()
-            stubs.interrupt_after = 2
-            calls.clear()
-            with pytest.raises(InterruptProcessingException):
-                run_graph(tiny_demo, images, audio, instruction, steps=10)
-            assert len(calls) == per_step  # only the step that was running when Cancel came
-            assert not stubs.interrupt  # ComfyUI's flag was consumed
-    finally:
-        hook.remove()
+    with forward_calls(tiny_demo[0].model) as calls, comfy_stubs(tmp_path) as stubs:
+        run_graph(tiny_demo, images, audio, instruction, steps=3)
+        sampled = [p for p in stubs.progress if p[1] == 3]
+        assert [v for v, _, _ in sampled[:3]] == [1, 2, 3]
+        fmt, image, size = sampled[0][2]  # ComfyUI's preview tuple with a decoded frame
+        assert fmt == "JPEG" and image.size == (32, 32) and size == comfy_env.PREVIEW_SIZE
+        per_step = len(calls) // 3
+        # Cancel is pressed during sampling step 1 (progress: 1 source-encoding update, then 1 per
+        # step): the sampler stops before step 2 and raises ComfyUI's own exception.
+        stubs.progress.clear()
+        stubs.interrupt_after = 2
+        calls.clear()
+        with pytest.raises(InterruptProcessingException):
+            run_graph(tiny_demo, images, audio, instruction, steps=10)
+        assert len(calls) == per_step  # only the step that was running when Cancel came
+        assert not stubs.interrupt  # ComfyUI's flag was consumed
 
 
 def test_gate_map_shapes_and_the_untrained_gate(tiny_demo, monkeypatch):
@@ -594,20 +600,14 @@ def test_join_modes_match_the_editing_package():
 
 def test_cancel_between_windows(tiny_demo, tmp_path):
     images, audio, instruction = source_clip(frames=17)
-    model = tiny_demo[0]
-    calls = []
-    hook = model.model.register_forward_hook(lambda *_: calls.append(1))
-    try:
-        with comfy_stubs(tmp_path) as stubs:
-            run_graph(tiny_demo, images, audio, instruction, length="all windows", steps=1, join="context", overlap=1)
-            per_window = len(calls) // 2
-            # progress: 2 source-encoding updates, then 1 per step; Cancel comes with window 1's only step
-            stubs.progress.clear()
-            stubs.interrupt_after = 3
-            calls.clear()
-            with pytest.raises(InterruptProcessingException):
-                run_graph(tiny_demo, images, audio, instruction, length="all windows", steps=1, join="context",
-                          overlap=1)
-            assert len(calls) == per_window  # window 2 never started
-    finally:
-        hook.remove()
+    with forward_calls(tiny_demo[0].model) as calls, comfy_stubs(tmp_path) as stubs:
+        run_graph(tiny_demo, images, audio, instruction, length="all windows", steps=1, join="context", overlap=1)
+        per_window = len(calls) // 2
+        # progress: 2 source-encoding updates, then 1 per step; Cancel comes with window 1's only step
+        stubs.progress.clear()
+        stubs.interrupt_after = 3
+        calls.clear()
+        with pytest.raises(InterruptProcessingException):
+            run_graph(tiny_demo, images, audio, instruction, length="all windows", steps=1, join="context",
+                      overlap=1)
+        assert len(calls) == per_window  # window 2 never started
