@@ -167,7 +167,7 @@ BundleLoader = Callable[..., EditorBundle]
 _LOADERS: dict[str, BundleLoader] = {}
 # Named bundles whose loader lives in a module imported only when the name is asked for; the module
 # registers itself with register_bundle_loader() at import.
-_PROVIDERS: dict[str, str] = {"demo": "..demo.recipe"}
+_PROVIDERS: dict[str, str] = {"demo": "..demo.recipe", "demo-base": "..demo.base"}
 
 
 def register_bundle_loader(name: str, loader: BundleLoader) -> None:

@@ -107,8 +107,16 @@ class Trainer:
         should_stop: Callable[[], bool] | None = None,
         device: torch.device | str | None = None,
     ):
-        if not getattr(model, "editor", False):
-            raise ValueError("the trainer needs an editor model (AVEditorDiT(editor=True) or load_model(editor=True))")
+        if not isinstance(getattr(model, "editor", None), bool):
+            raise ValueError("the trainer needs an AVEditorDiT: an editor (editor=True), or a base model "
+                             "(editor=False: text-to-audio-video, the items' sources are ignored)")
+        # base mode: plain Ovi-style generation from text (no source concatenation, no SIGA)
+        self.base_mode = not model.editor
+        if self.base_mode and config.adapter != "full":
+            raise ValueError("a base model (editor=False) trains only as a full fine-tune (adapter='full'): "
+                             "adapter files are for the editor")
+        if self.base_mode and validation:
+            raise ValueError("validation edits need an editor model; a base model has no source to edit")
         if any(".lora_" in n for n, _ in model.named_parameters()):
             raise ValueError("the model already carries LoRA layers (from an earlier Trainer?); start each stage "
                              "from a fresh model and pass the earlier stage's adapter in init_adapters")
@@ -257,7 +265,8 @@ class Trainer:
         ctx = batch["context"]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.mixed_precision == "bf16"):
             preds = self.net(v[0], a[0], sigma * 1000.0, ctx if v[0] is not None else None,
-                             ctx if a[0] is not None else None, v[1], a[1], cross_modal=c.cross_modal)
+                             ctx if a[0] is not None else None, None if self.base_mode else v[1],
+                             None if self.base_mode else a[1], cross_modal=c.cross_modal)
         parts = {m: F.mse_loss(p.float(), targets[m]) for m, p in zip(("video", "audio"), preds) if p is not None}
         if c.stage == "joint":
             loss = c.video_loss_weight * parts["video"] + c.audio_loss_weight * parts["audio"]

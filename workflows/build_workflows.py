@@ -238,9 +238,84 @@ def edit_workflow() -> dict:
     return {"nodes": nodes, "note": ("Models and how to use", _edit_note())}
 
 
+def _flowedit_note() -> str:
+    from instructav2av.weights import registry
+
+    def link(name: str) -> str:
+        e = registry.get(name)
+        return f"[{e.name}]({e.url})"
+
+    f = EDIT_FILES
+    return f"""## Edit with Ovi, no training (FlowEdit)
+
+Real edits with Ovi's own weights, before any editor is trained.
+
+1. Load a video with sound (**Load Video**). Ovi edits **5 s** at 24 fps (longer: *length* in **Encode Source**).
+2. In **Encode FlowEdit Descriptions**, describe the clip as it is (*source_prompt*) and as you want it
+   (*target_prompt*), in Ovi's format: the picture, speech in `<S>...<E>`, the sound in
+   `<AUDCAP>...<ENDAUDCAP>` (this 720x720 model; the 960 models read `Audio: ...`). Keep them alike except
+   for the change: what they share is kept.
+3. **FlowEdit Sampler**: *edit* picks video, audio or both (the other stays the source, exactly); raise
+   *n_max* or the target scales for a stronger edit. Optional *mask* (any segmentation node) and
+   *audio_ranges* fence the edit. Queue.
+
+**Models** (the Missing Models dialog offers each; or `instructav2av download --preset ovi-720-5s`):
+- `models/diffusion_models`: {link(f["model"])} (loaded with *mode: base*: Ovi as it is)
+- `models/vae`: {link(f["video_vae"])}
+- `models/mmaudio`: {link(f["audio_vae"])} and {link(f["vocoder"])}
+- `models/text_encoders`: {link(f["text_encoder"])}
+
+Details: docs/flowedit.md. Defaults are not tuned on Ovi (no GPU where this was built).
+"""
+
+
+def flowedit_workflow() -> dict:
+    nodes = {
+        "1": ("LoadVideo", "Load Video (with sound)", 1, {"file": "input_video.mp4"}),
+        "2": ("GetVideoComponents", "Get Video Components", 2, {"video": ["1", 0]}),
+        "3": ("InstructAV2AVModelLoader", "Load Ovi (base mode)", 0, {
+            "model_name": EDIT_FILES["model"], "precision": "bf16", "attention": "auto", "preset": "auto",
+            "adapter_1": "none", "adapter_1_strength": 1.0, "adapter_2": "none",
+            "adapter_2_strength": 1.0, "download_missing": False, "mode": "base"}),
+        "4": ("InstructAV2AVVideoVAELoader", "Load Video VAE", 0, {
+            "vae_name": EDIT_FILES["video_vae"], "precision": "bf16", "tile_size": 256, "tile_overlap": 64,
+            "frames_per_chunk": 1, "download_missing": False}),
+        "5": ("InstructAV2AVAudioVAELoader", "Load Audio VAE", 0, {
+            "vae_name": EDIT_FILES["audio_vae"], "vocoder_name": EDIT_FILES["vocoder"], "precision": "fp32",
+            "download_missing": False}),
+        "6": ("InstructAV2AVTextEncoderLoader", "Load Text Encoder", 0, {
+            "text_encoder_name": EDIT_FILES["text_encoder"], "precision": "bf16", "device": "auto",
+            "cache_embeddings": True, "tokenizer_path": "", "download_missing": False}),
+        "7": ("InstructAV2AVFlowEditEncode", "Encode FlowEdit Descriptions", 1, {
+            "text_encoder": ["6", 0],
+            "source_prompt": "A man in a blue shirt talks in a sunny kitchen. <S>Dinner is ready.<E> "
+                             "<AUDCAP>A calm male voice, dishes clinking<ENDAUDCAP>",
+            "target_prompt": "A young woman in a gray blazer talks in a sunny kitchen. <S>Dinner is ready.<E> "
+                             "<AUDCAP>A calm female voice, dishes clinking<ENDAUDCAP>",
+            "video_negative": "jitter, bad hands, blur, distortion",
+            "audio_negative": "robotic, muffled, echo, distorted"}),
+        "8": ("InstructAV2AVSourceEncode", "Encode Source", 2, {
+            "model": ["3", 0], "video_vae": ["4", 0], "audio_vae": ["5", 0], "images": ["2", 0], "fps": ["2", 2],
+            "fit": "crop", "length": "one window", "start_seconds": 0.0, "audio": ["2", 1]}),
+        "9": ("InstructAV2AVFlowEditSampler", "FlowEdit Sampler", 3, {
+            "model": ["3", 0], "descriptions": ["7", 0], "source": ["8", 0], "edit": "both", "seed": 42,
+            "steps": 50, "shift": 5.0, "video_n_max": 33, "video_n_min": 0, "audio_n_max": 33, "audio_n_min": 0,
+            "video_source_scale": 4.0, "video_target_scale": 4.0, "audio_source_scale": 3.0,
+            "audio_target_scale": 3.0, "slg_layers": "auto", "n_avg": 1, "batch_guidance": True, "preview": True,
+            "audio_ranges": "", "feather": 1}),
+        "10": ("InstructAV2AVDecode", "Decode", 4, {"latents": ["9", 0], "video_vae": ["4", 0],
+                                                    "audio_vae": ["5", 0]}),
+        "11": ("CreateVideo", "Create Video", 5, {"images": ["10", 0], "fps": ["10", 2], "audio": ["10", 1]}),
+        "12": ("SaveVideo", "Save Video", 6, {"video": ["11", 0], "filename_prefix": "video/InstructAV2AV_flowedit",
+                                              "format": "auto", "codec": "auto"}),
+    }
+    return {"nodes": nodes, "note": ("Models and how to use", _flowedit_note())}
+
+
 WORKFLOWS = {
     "instructav2av_demo_cpu": demo_workflow,
     "instructav2av_edit_video": edit_workflow,
+    "instructav2av_flowedit_ovi": flowedit_workflow,
 }
 
 

@@ -1,6 +1,6 @@
 """Makes the template thumbnails (``workflows/<name>.jpg``) from a real run of the demo workflow.
 
-    python workflows/make_thumbnails.py
+    python workflows/make_thumbnails.py [NAME ...]   # all thumbnails, or only those named
 
 It runs the demo workflow's nodes (the embedded demo model on its bundled clip, in Python) and
 draws the source frames, the edited frames and the gate map over time, with the instruction as the
@@ -70,7 +70,7 @@ def draw(result: dict, title: str, subtitle: str) -> Image.Image:
     return canvas
 
 
-def main() -> int:
+def main(only: list[str] | None = None) -> int:
     torch.manual_seed(0)
     result = run_demo()
     quote = f'"{result["instruction"]}"'
@@ -78,8 +78,12 @@ def main() -> int:
         "instructav2av_demo_cpu": draw(result, "InstructAV2AV demo (CPU, embedded model)", quote),
         "instructav2av_edit_video": draw(result, "Edit video + sound with an instruction",
                                          f"{quote}  (shown: the demo model)"),
+        "instructav2av_flowedit_ovi": draw(result, "Edit with Ovi, no training (FlowEdit)",
+                                           "describe the clip and the result; shown: a demo edit"),
     }
     for name, image in images.items():
+        if only and name not in only:
+            continue
         path = HERE / f"{name}.jpg"
         image.save(path, "JPEG", quality=90)
         sys.stderr.write(f"wrote {path.relative_to(HERE.parent)} ({image.width}x{image.height})\n")
@@ -87,4 +91,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:] or None))  # names: only those thumbnails
