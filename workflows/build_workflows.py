@@ -296,7 +296,8 @@ def flowedit_workflow() -> dict:
             "audio_negative": "robotic, muffled, echo, distorted"}),
         "8": ("InstructAV2AVSourceEncode", "Encode Source", 2, {
             "model": ["3", 0], "video_vae": ["4", 0], "audio_vae": ["5", 0], "images": ["2", 0], "fps": ["2", 2],
-            "fit": "crop", "length": "one window", "start_seconds": 0.0, "audio": ["2", 1]}),
+            "fit": "crop", "length": "one window", "start_seconds": 0.0, "audio": ["2", 1], "window_join": "context",
+            "overlap": 0}),
         "9": ("InstructAV2AVFlowEditSampler", "FlowEdit Sampler", 3, {
             "model": ["3", 0], "descriptions": ["7", 0], "source": ["8", 0], "edit": "both", "seed": 42,
             "steps": 50, "shift": 5.0, "video_n_max": 33, "video_n_min": 0, "audio_n_max": 33, "audio_n_min": 0,
