@@ -46,7 +46,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..models.ops import Placed
+from ..models.ops import Placed, VideoLatentGeometry
 
 VIDEO_TEMPORAL_FACTOR = 4
 VIDEO_SPATIAL_FACTOR = 2
@@ -89,7 +89,7 @@ class _Normalizer(nn.Module):
         self.std.copy_(std.clamp_min(floor).to(self.std))
 
 
-class DemoVideoCodec(Placed, nn.Module):
+class DemoVideoCodec(VideoLatentGeometry, Placed, nn.Module):
     """Video "VAE" of the demo preset: space-to-depth into 48 channels (×2 space, ×4 time).
 
     ``encode(video [B, 3, T, H, W] in [-1, 1]) -> [B, 48, 1 + (T-1)/4, H/2, W/2]``, ``decode`` the
@@ -106,16 +106,6 @@ class DemoVideoCodec(Placed, nn.Module):
 
     def placement_tensor(self) -> torch.Tensor:
         return self.norm.mean
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """``(C, F, h, w)`` of the latent of a ``frames × height × width`` clip."""
-        self._check_geometry(frames, height, width)
-        s = self.spatial_factor
-        return self.latent_channels, 1 + (frames - 1) // self.temporal_factor, height // s, width // s
-
-    def video_frames(self, latent_frames: int) -> int:
-        """Pixel frames that ``latent_frames`` latent frames decode to."""
-        return 1 + (latent_frames - 1) * self.temporal_factor
 
     def _check_geometry(self, t: int, h: int, w: int) -> None:
         if t < 1 or (t - 1) % self.temporal_factor:

@@ -48,6 +48,29 @@ class Placed:
         return self.placement_tensor().device
 
 
+class VideoLatentGeometry:
+    """Latent sizes of a video codec that folds ``temporal_factor`` frames into one latent frame after
+    the first and ``spatial_factor`` pixels into one latent pixel (Wan's VAE and the demo codec): the
+    codec sets ``z_dim``, both factors and ``_check_geometry`` (its own error messages)."""
+
+    z_dim: int
+    temporal_factor: int
+    spatial_factor: int
+
+    def _check_geometry(self, frames: int, height: int, width: int) -> None:
+        raise NotImplementedError
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(C, F, h, w)`` of the latents of a ``frames x height x width`` clip."""
+        self._check_geometry(frames, height, width)
+        s = self.spatial_factor
+        return self.z_dim, 1 + (frames - 1) // self.temporal_factor, height // s, width // s
+
+    def video_frames(self, latent_frames: int) -> int:
+        """Pixel frames that ``latent_frames`` latent frames decode to."""
+        return 1 + (latent_frames - 1) * self.temporal_factor
+
+
 logger = logging.getLogger(__name__)
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)

@@ -28,7 +28,7 @@ from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, patchify, unpatchify
 from torch import nn
 
-from ..ops import Placed
+from ..ops import Placed, VideoLatentGeometry
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _blend_weight(span_h: tuple[int, int], span_w: tuple[int, int], full: tuple[
 ProgressFn = Callable[[int, int], None]
 
 
-class VideoVAE(Placed, nn.Module):
+class VideoVAE(VideoLatentGeometry, Placed, nn.Module):
     """Wan2.2 VAE with Ovi's latent normalisation and a bounded-memory streaming encode/decode."""
 
     def __init__(self, vae: AutoencoderKLWan, tiling: VAETiling | None = None) -> None:
@@ -182,15 +182,6 @@ class VideoVAE(Placed, nn.Module):
 
     def placement_tensor(self) -> torch.Tensor:
         return self.vae.encoder.conv_in.weight
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """``(C, F, H, W)`` of the latents of a ``frames x height x width`` clip."""
-        self._check_geometry(frames, height, width)
-        s = self.spatial_factor
-        return self.z_dim, 1 + (frames - 1) // self.temporal_factor, height // s, width // s
-
-    def video_frames(self, latent_frames: int) -> int:
-        return 1 + (latent_frames - 1) * self.temporal_factor
 
     def _check_geometry(self, frames: int, height: int, width: int) -> None:
         t, s = self.temporal_factor, self.spatial_factor
