@@ -208,14 +208,16 @@ def demo_workflow() -> dict:
     return {"nodes": nodes, "note": ("Read me", DEMO_NOTE.format(instruction=demo_instruction()))}
 
 
-def edit_workflow() -> dict:
-    nodes = {
+def _ovi_inputs(loader_title: str, mode: str) -> dict:
+    """Nodes 1-6 of the Ovi-sized templates: the video with sound, its components and the four loaders
+    (the editor model loaded in `mode`)."""
+    return {
         "1": ("LoadVideo", "Load Video (with sound)", 1, {"file": "input_video.mp4"}),
         "2": ("GetVideoComponents", "Get Video Components", 2, {"video": ["1", 0]}),
-        "3": ("InstructAV2AVModelLoader", "Load Editor Model", 0, {
+        "3": ("InstructAV2AVModelLoader", loader_title, 0, {
             "model_name": EDIT_FILES["model"], "precision": "bf16", "attention": "auto", "preset": "auto",
             "adapter_1": "none", "adapter_1_strength": 1.0, "adapter_2": "none",
-            "adapter_2_strength": 1.0, "download_missing": False, "mode": "editor"}),
+            "adapter_2_strength": 1.0, "download_missing": False, "mode": mode}),
         "4": ("InstructAV2AVVideoVAELoader", "Load Video VAE", 0, {
             "vae_name": EDIT_FILES["video_vae"], "precision": "bf16", "tile_size": 256, "tile_overlap": 64,
             "frames_per_chunk": 1, "download_missing": False}),
@@ -225,6 +227,12 @@ def edit_workflow() -> dict:
         "6": ("InstructAV2AVTextEncoderLoader", "Load Text Encoder", 0, {
             "text_encoder_name": EDIT_FILES["text_encoder"], "precision": "bf16", "device": "auto",
             "cache_embeddings": True, "tokenizer_path": "", "download_missing": False}),
+    }
+
+
+def edit_workflow() -> dict:
+    nodes = {
+        **_ovi_inputs("Load Editor Model", "editor"),
         "7": ("InstructAV2AVInstructionEncode", "Encode Instruction", 1, {
             "text_encoder": ["6", 0],
             "instruction": "replace the speaking man with a young woman in a gray blazer, and his voice with hers",
@@ -271,21 +279,7 @@ Details: docs/flowedit.md. Defaults are not tuned on Ovi (no GPU where this was 
 
 def flowedit_workflow() -> dict:
     nodes = {
-        "1": ("LoadVideo", "Load Video (with sound)", 1, {"file": "input_video.mp4"}),
-        "2": ("GetVideoComponents", "Get Video Components", 2, {"video": ["1", 0]}),
-        "3": ("InstructAV2AVModelLoader", "Load Ovi (base mode)", 0, {
-            "model_name": EDIT_FILES["model"], "precision": "bf16", "attention": "auto", "preset": "auto",
-            "adapter_1": "none", "adapter_1_strength": 1.0, "adapter_2": "none",
-            "adapter_2_strength": 1.0, "download_missing": False, "mode": "base"}),
-        "4": ("InstructAV2AVVideoVAELoader", "Load Video VAE", 0, {
-            "vae_name": EDIT_FILES["video_vae"], "precision": "bf16", "tile_size": 256, "tile_overlap": 64,
-            "frames_per_chunk": 1, "download_missing": False}),
-        "5": ("InstructAV2AVAudioVAELoader", "Load Audio VAE", 0, {
-            "vae_name": EDIT_FILES["audio_vae"], "vocoder_name": EDIT_FILES["vocoder"], "precision": "fp32",
-            "download_missing": False}),
-        "6": ("InstructAV2AVTextEncoderLoader", "Load Text Encoder", 0, {
-            "text_encoder_name": EDIT_FILES["text_encoder"], "precision": "bf16", "device": "auto",
-            "cache_embeddings": True, "tokenizer_path": "", "download_missing": False}),
+        **_ovi_inputs("Load Ovi (base mode)", "base"),
         "7": ("InstructAV2AVFlowEditEncode", "Encode FlowEdit Descriptions", 1, {
             "text_encoder": ["6", 0],
             "source_prompt": "A man in a blue shirt talks in a sunny kitchen. <S>Dinner is ready.<E> "
