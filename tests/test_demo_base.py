@@ -72,3 +72,38 @@ def test_trainer_refuses_validation_edits_with_a_base_model():
                 validation=[object()])
     with pytest.raises(ValueError, match="only as a full fine-tune"):
         Trainer(model, TrainConfig(adapter="lora"), data=None, empty_context=torch.zeros(1, 32))
+
+
+def test_compare_heldout_scores_four_methods_on_the_same_cases():
+    from instructav2av.demo.recipe import load_codecs
+    from instructav2av.editing import EditDefaults, EditorBundle
+    from instructav2av.models.dit import AVEditorDiT
+    from instructav2av.samplers import EditGuidance
+    from instructav2av.samplers.flowedit import FlowEditSettings
+
+    config = base.base_config()
+    config = dataclasses.replace(config, **{m: dataclasses.replace(getattr(config, m), dim=32, ffn_dim=64,
+                                                                   num_heads=2, num_layers=1)
+                                            for m in ("video", "audio")})
+    video, audio = load_codecs(ASSETS / CODECS_FILE)
+    text = DemoTextEncoder(base.base_vocabulary(), config.video.text_len, config.video.text_dim)
+    torch.manual_seed(0)
+    bundles = {}
+    for editor in (True, False):
+        model = AVEditorDiT(config, editor=editor)
+        with torch.no_grad():  # a fresh model predicts zero velocity: give it a head
+            for name, p in model.named_parameters():
+                if name.endswith("head.head.weight"):
+                    p.normal_(0.0, 0.05)
+        bundles[editor] = EditorBundle(model, video, audio, text, config, dtype=torch.float32,
+                                       defaults=EditDefaults(steps=2, shift=3.0, solver="euler",
+                                                             guidance=EditGuidance(1.0, 1.0, 1.0, 1.0)),
+                                       mode="editor" if editor else "base")
+    out = base.compare_heldout(bundles[True], bundles[False], 2, flowedit_steps=2,
+                               settings=FlowEditSettings(video_n_max=2, audio_n_max=2))
+    assert set(out) == {"editor", "editor+mask", "flowedit", "flowedit+mask"}
+    for summary in out.values():
+        assert summary["count"] == 2 and "psnr_preserved" in summary
+    # the ground-truth fence keeps the outside of the edit: preservation can only improve
+    for method in ("editor", "flowedit"):
+        assert out[method + "+mask"]["psnr_preserved"] >= out[method]["psnr_preserved"] - 1e-6
