@@ -264,20 +264,26 @@ def build_reference_fusion_model(
     return model.to(device=device, dtype=dtype).eval()
 
 
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+def randomize_(model: nn.Module, seed: int = 0, norm_spread: float = 0.2, spread_gates: bool = False) -> nn.Module:
     """Non-trivial weights everywhere, at scales that keep activations O(1) through the blocks.
 
     Ovi's own init zeroes the head and all biases and leaves the norms at identity, which would
     hide any mistake in those places. Works on either implementation (same parameter names).
+    Norm weights are ``1 + norm_spread * N(0, 1)``; `spread_gates` gives SIGA's gates logits of a
+    few units, so the gates spread over (0, 1).
     """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             r = torch.randn(p.shape, generator=g)
-            if name.endswith("bias"):
+            if spread_gates and name.endswith("gate.weight"):
+                r = 2 * r / p[0].numel() ** 0.5
+            elif spread_gates and name.endswith("gate.bias"):
+                r = 0.5 * r
+            elif name.endswith("bias"):
                 r = 0.1 * r
             elif "norm" in name:  # RMSNorm / affine LayerNorm weights
-                r = 1 + 0.2 * r
+                r = 1 + norm_spread * r
             elif "modulation" in name:
                 r = 0.3 * r
             else:

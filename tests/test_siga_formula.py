@@ -25,6 +25,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from ovi_reference import randomize_
 
 from instructav2av.models.configs import get_preset
 from instructav2av.models.dit import AVEditorDiT
@@ -34,23 +35,7 @@ CONFIG = get_preset("tiny")  # dim 64, 4 heads of 16, 2 layers, text_len 16
 
 
 def _randomise(model: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            if name.endswith("gate.weight"):
-                r = 2 * r / p[0].numel() ** 0.5  # logits of a few units: gates spread over (0, 1)
-            elif name.endswith("gate.bias"):
-                r = 0.5 * r
-            elif name.endswith("bias"):
-                r = 0.1 * r
-            elif "norm" in name:
-                r = 1 + 0.3 * r
-            elif "modulation" in name:
-                r = 0.3 * r
-            else:
-                r = r / p[0].numel() ** 0.5
-            p.copy_(r)
+    randomize_(model, seed, norm_spread=0.3, spread_gates=True)
 
 
 # -- the formula, plainly -------------------------------------------------------------------------
