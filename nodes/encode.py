@@ -59,6 +59,11 @@ def make_bundle(model: ModelHandle, video_vae: VideoVAEHandle, audio_vae: AudioV
                         dtype=model.dtype, defaults=model.defaults, name=model.name, mode=mode)
 
 
+def text_input(default: str, tip: str) -> tuple:
+    """A multiline STRING widget (instructions, descriptions, negative prompts)."""
+    return ("STRING", {"multiline": True, "default": default, "tooltip": tip})
+
+
 def embed_texts(text_encoder: TextEncoderHandle, texts: list[str], keep_loaded: bool = False) -> dict:
     """``{text: embedding}`` (float32, on ComfyUI's intermediate device) for each of `texts`.
 
@@ -98,23 +103,13 @@ class InstructionEncode:
         return {
             "required": {
                 "text_encoder": (TEXT_ENCODER, {"tooltip": "From 'Load Text Encoder' or 'Load Demo Model'."}),
-                "instruction": (
-                    "STRING",
-                    {"multiline": True, "default": "",
-                     "tooltip": "What to change, e.g. \"replace the dog with a cat and its bark with a meow\". "
-                                "Everything it does not name is kept. At most 512 tokens (longer is cut, with a "
-                                "warning)."},
-                ),
-                "video_negative": (
-                    "STRING",
-                    {"multiline": True, "default": "",
-                     "tooltip": "Negative prompt of the video tower (e.g. 'blurry, distorted'); empty = none."},
-                ),
-                "audio_negative": (
-                    "STRING",
-                    {"multiline": True, "default": "",
-                     "tooltip": "Negative prompt of the audio tower (e.g. 'noise, distortion'); empty = none."},
-                ),
+                "instruction": text_input("", "What to change, e.g. \"replace the dog with a cat and its bark with "
+                                              "a meow\". Everything it does not name is kept. At most 512 tokens "
+                                              "(longer is cut, with a warning)."),
+                "video_negative": text_input("", "Negative prompt of the video tower (e.g. 'blurry, distorted'); "
+                                                 "empty = none."),
+                "audio_negative": text_input("", "Negative prompt of the audio tower (e.g. 'noise, distortion'); "
+                                                 "empty = none."),
             },
             "optional": {
                 "keep_loaded": (

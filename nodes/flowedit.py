@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from . import comfy_env
-from .encode import embed_texts, make_bundle
+from .encode import embed_texts, make_bundle, text_input
 from .handles import (
     DESCRIPTIONS,
     LATENTS,
@@ -26,10 +26,6 @@ logger = logging.getLogger(__name__)
 CATEGORY = "InstructAV2AV"
 
 
-def _text(default: str, tip: str) -> tuple:
-    return ("STRING", {"multiline": True, "default": default, "tooltip": tip})
-
-
 class DescriptionsEncode:
     DESCRIPTION = (
         "Encodes FlowEdit's two descriptions in Ovi's prompt format: what the source shows and sounds like, and "
@@ -47,13 +43,13 @@ class DescriptionsEncode:
         return {
             "required": {
                 "text_encoder": (TEXT_ENCODER, {"tooltip": "From 'Load Text Encoder' (umT5-XXL for Ovi)."}),
-                "source_prompt": _text("", "What the source shows and sounds like, e.g. \"A dog runs on grass. "
+                "source_prompt": text_input("", "What the source shows and sounds like, e.g. \"A dog runs on grass. "
                                            "Audio: barking, wind\"."),
-                "target_prompt": _text("", "The same description, changed where the edit should change it, e.g. "
+                "target_prompt": text_input("", "The same description, changed where the edit should change it, e.g. "
                                            "\"A cat runs on grass. Audio: meowing, wind\"."),
-                "video_negative": _text("jitter, bad hands, blur, distortion", "Negative prompt of the video tower "
+                "video_negative": text_input("jitter, bad hands, blur, distortion", "Negative prompt of the video tower "
                                                                                 "(Ovi's default)."),
-                "audio_negative": _text("robotic, muffled, echo, distorted", "Negative prompt of the audio tower "
+                "audio_negative": text_input("robotic, muffled, echo, distorted", "Negative prompt of the audio tower "
                                                                               "(Ovi's default)."),
             },
         }
