@@ -512,6 +512,8 @@ def plan(settings: Settings, training: TrainingHooks | None = None) -> Plan:
             "compute runtime (kernels, libraries)": CPU_RUNTIME if cpu else CUDA_HOST_RUNTIME}
     if cpu:
         host.update(out.device)
+        if s.blocks_to_swap and not s.stream_blocks:  # the host copies the fetches are made from
+            host["swapped blocks (host copies)"] = swapped
     else:
         if s.blocks_to_swap and not s.stream_blocks:
             host["swapped blocks (pinned)"] = swapped
