@@ -20,3 +20,19 @@ def _single_thread():
 def tiny():
     """The tiny model preset (a module may override it with its own `tiny`)."""
     return get_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def cli_bundle():
+    """The tiny editor bundle that ``--preset tiny-test`` loads in the CLI tests (one per module)."""
+    from test_pipeline import tiny_bundle
+
+    return tiny_bundle()
+
+
+@pytest.fixture
+def tiny_test_preset(monkeypatch, cli_bundle):
+    """``--preset tiny-test`` loads `cli_bundle`; the returned list records the files of every load."""
+    from bundle_loaders import register_counting_loader
+
+    return register_counting_loader(monkeypatch, "tiny-test", cli_bundle)

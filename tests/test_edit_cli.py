@@ -7,24 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_loaders import register_counting_loader
 from media_fixtures import make_video
-from test_pipeline import tiny_bundle
 
 from instructav2av import editing as pipeline
 from instructav2av.cli import main
 from instructav2av.media import read_clip
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return tiny_bundle()
-
-
-@pytest.fixture
-def registered(monkeypatch, bundle):
-    """``--preset tiny-test`` loads the tiny bundle; ``loads`` counts how often a bundle was loaded."""
-    return register_counting_loader(monkeypatch, "tiny-test", bundle)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +23,7 @@ def run(*args: str | os.PathLike) -> int:
     return main(["edit", *map(str, args)])
 
 
-def test_edit_writes_a_playable_clip(registered, source, tmp_path, capsys):
+def test_edit_writes_a_playable_clip(tiny_test_preset, source, tmp_path, capsys):
     out = tmp_path / "edited.mp4"
     assert run(source, "make the square red", "-o", out, "--preset", "tiny-test", "--steps", "2", "--seed", "4") == 0
     captured = capsys.readouterr()
@@ -51,7 +38,7 @@ def test_edit_writes_a_playable_clip(registered, source, tmp_path, capsys):
     assert clip.audio_duration == pytest.approx(9 / 24, abs=0.03)
 
 
-def test_same_seed_same_file_content(registered, source, tmp_path):
+def test_same_seed_same_file_content(tiny_test_preset, source, tmp_path):
     args = ("make the square red", "--preset", "tiny-test", "--steps", "2", "--seed", "11")
     assert run(source, args[0], "-o", tmp_path / "a.mp4", *args[1:]) == 0
     assert run(source, args[0], "-o", tmp_path / "b.mp4", *args[1:]) == 0
@@ -61,7 +48,7 @@ def test_same_seed_same_file_content(registered, source, tmp_path):
     assert not torch.equal(a.frames, c.frames)
 
 
-def test_existing_output_is_kept(registered, source, tmp_path, capsys):
+def test_existing_output_is_kept(tiny_test_preset, source, tmp_path, capsys):
     out = tmp_path / "out.mp4"
     out.write_bytes(b"precious")
     assert run(source, "make the square red", "-o", out, "--preset", "tiny-test", "--steps", "1") == 0
@@ -73,9 +60,9 @@ def test_existing_output_is_kept(registered, source, tmp_path, capsys):
     assert read_clip(out).num_frames == 9 and not (tmp_path / "out_002.mp4").exists()
 
 
-def test_interrupt_leaves_no_file(registered, bundle, source, tmp_path, capsys, monkeypatch):
+def test_interrupt_leaves_no_file(tiny_test_preset, cli_bundle, source, tmp_path, capsys, monkeypatch):
     calls = 0
-    forward = bundle.model.forward
+    forward = cli_bundle.model.forward
 
     def interrupted(*args, **kwargs):
         nonlocal calls
@@ -84,7 +71,7 @@ def test_interrupt_leaves_no_file(registered, bundle, source, tmp_path, capsys, 
             raise KeyboardInterrupt
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(bundle.model, "forward", interrupted)
+    monkeypatch.setattr(cli_bundle.model, "forward", interrupted)
     assert run(source, "make the square red", "-o", tmp_path / "out.mp4", "--preset", "tiny-test", "--steps", "3") == 130
     assert "cancelled; nothing was written" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -99,19 +86,19 @@ def test_interrupt_leaves_no_file(registered, bundle, source, tmp_path, capsys, 
         (("--denoise", "2"), "--denoise must be between 0 and 1"),
     ],
 )
-def test_bad_options_fail_before_loading(registered, source, tmp_path, capsys, extra, message):
+def test_bad_options_fail_before_loading(tiny_test_preset, source, tmp_path, capsys, extra, message):
     assert run(source, "make the square red", "-o", tmp_path / "o.mp4", "--preset", "tiny-test", *extra) == 1
     assert message in capsys.readouterr().err
-    assert registered == []  # nothing was loaded
+    assert tiny_test_preset == []  # nothing was loaded
 
 
-def test_empty_instruction(registered, source, tmp_path, capsys):
+def test_empty_instruction(tiny_test_preset, source, tmp_path, capsys):
     assert run(source, "   ", "-o", tmp_path / "o.mp4", "--preset", "tiny-test") == 1
     assert "error: the instruction is empty" in capsys.readouterr().err
-    assert registered == []
+    assert tiny_test_preset == []
 
 
-def test_output_folder_missing_or_read_only(registered, source, tmp_path, capsys, monkeypatch):
+def test_output_folder_missing_or_read_only(tiny_test_preset, source, tmp_path, capsys, monkeypatch):
     assert run(source, "make the square red", "-o", tmp_path / "nowhere" / "o.mp4", "--preset", "tiny-test") == 1
     assert f"output folder {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
     locked = tmp_path / "locked"
@@ -126,7 +113,7 @@ def test_output_folder_missing_or_read_only(registered, source, tmp_path, capsys
                                 lambda p, mode: False if Path(p) == locked and mode & os.W_OK else real(p, mode))
         assert run(source, "make the square red", "-o", locked / "o.mp4", "--preset", "tiny-test") == 1
         assert f"output folder {locked} is not writable" in capsys.readouterr().err
-        assert registered == [] and list(locked.iterdir()) == []
+        assert tiny_test_preset == [] and list(locked.iterdir()) == []
     finally:
         locked.chmod(0o755)
 
@@ -155,7 +142,7 @@ def test_adapter_spec_parsing(tmp_path):
     assert _adapter(str(odd)) == str(odd)
 
 
-def test_edit_all_windows_with_context(registered, tmp_path, capsys):
+def test_edit_all_windows_with_context(tiny_test_preset, tmp_path, capsys):
     long = make_video(tmp_path / "long.mp4", fps=24, seconds=1.0, size=(48, 64))  # 24 frames; windows of 9
     out = tmp_path / "long_edit.mp4"
     assert run(long, "make the square red", "-o", out, "--preset", "tiny-test", "--steps", "1", "--windows", "all",
@@ -174,17 +161,17 @@ def test_edit_all_windows_with_context(registered, tmp_path, capsys):
         (("--windows", "all", "--join", "crossfade"), "invalid choice: 'crossfade'"),
     ],
 )
-def test_bad_window_options_fail_before_loading(registered, source, tmp_path, capsys, extra, message):
+def test_bad_window_options_fail_before_loading(tiny_test_preset, source, tmp_path, capsys, extra, message):
     try:
         code = run(source, "make the square red", "-o", tmp_path / "o.mp4", "--preset", "tiny-test", *extra)
     except SystemExit as exc:  # argparse's own choice check
         code = exc.code
     assert code in (1, 2)
     assert message in capsys.readouterr().err
-    assert registered == []
+    assert tiny_test_preset == []
 
 
-def test_context_longer_than_the_window(registered, source, tmp_path, capsys):
+def test_context_longer_than_the_window(tiny_test_preset, source, tmp_path, capsys):
     assert run(source, "make the square red", "-o", tmp_path / "o.mp4", "--preset", "tiny-test", "--steps", "1",
                "--windows", "all", "--overlap", "3") == 1
     assert "context/overlap (3 latent frames) must be shorter than the window (3 latent frames)" in capsys.readouterr().err

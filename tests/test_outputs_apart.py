@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_loaders import register_counting_loader
 from media_fixtures import make_video
-from test_pipeline import tiny_bundle
 
 from instructav2av import editing as pipeline
 from instructav2av.cli import main
@@ -59,19 +57,8 @@ def test_same_file_sees_through_links_and_spellings(tmp_path):
 # edit (CLI, library, writer)
 
 
-@pytest.fixture(scope="module")
-def bundle():
-    return tiny_bundle()
-
-
-@pytest.fixture
-def loads(monkeypatch, bundle):
-    """``--preset tiny-test`` loads the tiny bundle; the list records every load."""
-    return register_counting_loader(monkeypatch, "tiny-test", bundle)
-
-
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_edit_never_writes_over_its_source(loads, tmp_path, capsys, overwrite):
+def test_edit_never_writes_over_its_source(tiny_test_preset, tmp_path, capsys, overwrite):
     src = make_video(tmp_path / "source.mp4", fps=24, seconds=0.5, size=(48, 64))
     original = src.read_bytes()
     for name, alias in _aliases(src, tmp_path).items():
@@ -80,11 +67,11 @@ def test_edit_never_writes_over_its_source(loads, tmp_path, capsys, overwrite):
         err = capsys.readouterr().err
         assert "is the source video" in err and "never replaces an input" in err, (name, err)
         assert src.read_bytes() == original, name
-    assert loads == []  # refused before the model was loaded
+    assert tiny_test_preset == []  # refused before the model was loaded
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hard-source.mp4", "link-source.mp4", "source.mp4", "sub"]
 
 
-def test_edit_output_may_not_be_a_model_file(loads, tmp_path, capsys):
+def test_edit_output_may_not_be_a_model_file(tiny_test_preset, tmp_path, capsys):
     src = make_video(tmp_path / "source.mp4", fps=24, seconds=0.5, size=(48, 64))
     adapter = tmp_path / "adapter.mp4"  # an odd name, but the user's file all the same
     adapter.write_bytes(PRECIOUS)
@@ -92,20 +79,20 @@ def test_edit_output_may_not_be_a_model_file(loads, tmp_path, capsys):
             "--overwrite"]
     assert main(args) == 1
     assert "--adapter file" in capsys.readouterr().err
-    assert adapter.read_bytes() == PRECIOUS and loads == []
+    assert adapter.read_bytes() == PRECIOUS and tiny_test_preset == []
 
 
-def test_the_library_and_the_writer_refuse_too(bundle, tmp_path):
+def test_the_library_and_the_writer_refuse_too(cli_bundle, tmp_path):
     src = make_video(tmp_path / "source.mp4", fps=24, seconds=0.5, size=(48, 64))
     original = src.read_bytes()
     link = tmp_path / "link.mp4"
     link.symlink_to(src)
     with pytest.raises(SameFileError):
-        pipeline.edit(bundle, src, "make the square red", output=link, steps=1, overwrite=True)
-    clip = pipeline.prepare_source(bundle, src)  # a conformed clip remembers its file
+        pipeline.edit(cli_bundle, src, "make the square red", output=link, steps=1, overwrite=True)
+    clip = pipeline.prepare_source(cli_bundle, src)  # a conformed clip remembers its file
     (tmp_path / "sub").mkdir()
     with pytest.raises(SameFileError):
-        pipeline.edit(bundle, clip, "make the square red", output=tmp_path / "sub" / ".." / "source.mp4", steps=1)
+        pipeline.edit(cli_bundle, clip, "make the square red", output=tmp_path / "sub" / ".." / "source.mp4", steps=1)
     with pytest.raises(SameFileError):
         write_clip(link, torch.zeros(3, 2, 16, 16), 24, overwrite=True, keep=[("source video", src)])
     assert src.read_bytes() == original
