@@ -16,6 +16,15 @@ def _single_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _threads_back_to_one():
+    """The CLI commands choose their own thread count (``--threads``, or the idle CPUs now): put it back
+    after each test, so one test's choice never changes how later tests sum (or how fast they run)."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """The tiny model preset (a module may override it with its own `tiny`)."""
