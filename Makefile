@@ -12,7 +12,7 @@ ATTENTION_PINS := xformers==0.0.33.post1 sageattention==1.0.6
 
 .PHONY: setup test lint validate pack demo clean
 
-$(VENV)/.installed: pyproject.toml requirements.txt
+$(VENV)/.installed: pyproject.toml requirements.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
