@@ -92,6 +92,47 @@ def _check_choice(name: str, value: str, choices) -> None:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
+
+class EditRun:
+    """What every whole-clip edit (the editor's and FlowEdit's) does around its stages: the output
+    checked before any work (never the source, never a link to it), cancel between stages, progress and
+    the stage meter, the atomic write and the :class:`EditResult`."""
+
+    def __init__(self, bundle: EditorBundle, source, output: PathLike | None, progress: ProgressFn | None,
+                 should_cancel: Callable[[], bool] | None) -> None:
+        source_file = source if isinstance(source, (str, os.PathLike)) else getattr(source, "source", None)
+        self.keep = [("source video", source_file)]
+        self.out_path = None
+        if output is not None:
+            self.out_path = Path(output).expanduser()
+            _check_output_path(self.out_path)
+            check_apart(self.out_path, self.keep)
+        self.progress: ProgressFn = progress or (lambda stage, done, total: None)
+        self.should_cancel = should_cancel
+        self.meter = StageMeter(bundle.device)
+
+    @contextmanager
+    def stage(self, name: str, total: int = 1) -> Iterator[None]:
+        if self.should_cancel is not None and self.should_cancel():
+            raise EditCancelled(name)
+        self.progress(name, 0, total)
+        with self.meter(name):
+            yield
+        if name != "sample":
+            self.progress(name, total, total)
+
+    def finish(self, frames: torch.Tensor, wave: torch.Tensor, fps: Fraction, sample_rate: int, *,
+               overwrite: bool, seed: int, steps: int) -> EditResult:
+        written = None
+        if self.out_path is not None:
+            with self.stage("write"):
+                written = write_clip(self.out_path, frames, fps, wave, sample_rate, overwrite=overwrite,
+                                     keep=self.keep)
+        m = self.meter
+        return EditResult(video=frames, audio=wave, fps=fps, sample_rate=sample_rate, output=written,
+                          timings=m.timings, memory=m.memory, memory_kind=m.memory_kind, seed=seed, steps=steps)
+
+
 def edit(
     bundle: EditorBundle,
     source: Source,
@@ -150,26 +191,8 @@ def edit(
     check_mask_input(mask, audio_ranges)
     _check_choice("fit", fit, ("crop", "pad"))
     schedule = edit_schedule(steps, shift, denoise)  # validates steps, shift and denoise now, not after encoding
-    out_path = None
-    # The source file is never the output (nor a link to it): publishing would replace it.
-    source_file = source if isinstance(source, (str, os.PathLike)) else getattr(source, "source", None)
-    keep = [("source video", source_file)]
-    if output is not None:
-        out_path = Path(output).expanduser()
-        _check_output_path(out_path)
-        check_apart(out_path, keep)
-    progress = progress or (lambda stage, done, total: None)
-    meter = StageMeter(bundle.device)
-
-    @contextmanager
-    def stage(name: str, total: int = 1) -> Iterator[None]:
-        if should_cancel is not None and should_cancel():
-            raise EditCancelled(name)
-        progress(name, 0, total)
-        with meter(name):
-            yield
-        if name != "sample":
-            progress(name, total, total)
+    run = EditRun(bundle, source, output, progress, should_cancel)
+    stage, progress = run.stage, run.progress
 
     _check_choice("windows", windows, ("one", "all"))
     join = WindowJoin() if join is None else join
@@ -182,13 +205,7 @@ def edit(
                                            sampling=dict(steps=steps, shift=shift, solver=solver, seed=seed,
                                                          guidance=guidance, denoise=denoise,
                                                          batch_guidance=batch_guidance))
-        written = None
-        if out_path is not None:
-            with stage("write"):
-                written = write_clip(out_path, frames, spec.fps, wave, spec.sample_rate, overwrite=overwrite,
-                                     keep=keep)
-        return EditResult(video=frames, audio=wave, fps=spec.fps, sample_rate=spec.sample_rate, output=written,
-                          timings=meter.timings, memory=meter.memory, memory_kind=meter.memory_kind, seed=seed,
+        return run.finish(frames, wave, spec.fps, spec.sample_rate, overwrite=overwrite, seed=seed,
                           steps=schedule.num_steps)
     with stage("conform"):
         clip = prepare_source(bundle, source, fit=fit, start=start)
@@ -213,12 +230,7 @@ def edit(
         frames, wave = decode_latents(bundle, video, audio, num_samples=clip.audio.shape[-1])
         frames = frames[0, :, : clip.valid_frames]
         wave = wave[0, : clip.valid_samples]
-    written = None
-    if out_path is not None:
-        with stage("write"):
-            written = write_clip(out_path, frames, clip.fps, wave, clip.sample_rate, overwrite=overwrite, keep=keep)
-    return EditResult(video=frames, audio=wave, fps=clip.fps, sample_rate=clip.sample_rate, output=written,
-                      timings=meter.timings, memory=meter.memory, memory_kind=meter.memory_kind, seed=seed,
+    return run.finish(frames, wave, clip.fps, clip.sample_rate, overwrite=overwrite, seed=seed,
                       steps=schedule.num_steps)
 
 

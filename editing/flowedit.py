@@ -12,24 +12,17 @@ text, speech in ``<S>…<E>``, the audio caption after ``Audio:`` (``<AUDCAP>…
 from __future__ import annotations
 
 import logging
-import os
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
 
-from ..files import check_apart
-from ..media import write_clip
-from ..media.video_write import _check_output_path
-from ..runtime.meter import StageMeter
 from ..samplers import SamplingCancelled
 from ..samplers.flowedit import EDIT_CHOICES, FlowEditSettings, flowedit
 from ..samplers.masks import DEFAULT_FEATHER, TimeRanges
 from ..samplers.schedules import flow_schedule
 from .bundle import EditorBundle, PathLike
-from .edit import EditCancelled, EditResult, ProgressFn
+from .edit import EditCancelled, EditResult, EditRun, ProgressFn
 from .masking import check_mask_input, clip_preserve_mask
 from .stages import Source, decode_latents, encode_instructions, encode_source, prepare_source
 
@@ -122,25 +115,8 @@ def flowedit_edit(
     check_mask_input(mask, audio_ranges)
     if fit not in ("crop", "pad"):
         raise ValueError(f"fit must be one of crop, pad, got {fit!r}")
-    out_path = None
-    source_file = source if isinstance(source, (str, os.PathLike)) else getattr(source, "source", None)
-    keep = [("source video", source_file)]
-    if output is not None:
-        out_path = Path(output).expanduser()
-        _check_output_path(out_path)
-        check_apart(out_path, keep)
-    progress = progress or (lambda stage, done, n: None)
-    meter = StageMeter(bundle.device)
-
-    @contextmanager
-    def stage(name: str, n: int = 1) -> Iterator[None]:
-        if should_cancel is not None and should_cancel():
-            raise EditCancelled(name)
-        progress(name, 0, n)
-        with meter(name):
-            yield
-        if name != "sample":
-            progress(name, n, n)
+    run = EditRun(bundle, source, output, progress, should_cancel)
+    stage, progress = run.stage, run.progress
 
     with stage("conform"):
         clip = prepare_source(bundle, source, fit=fit, start=start)
@@ -168,13 +144,7 @@ def flowedit_edit(
         frames, wave = decode_latents(bundle, video, audio, num_samples=clip.audio.shape[-1])
         frames = frames[0, :, : clip.valid_frames]
         wave = wave[0, : clip.valid_samples]
-    written = None
-    if out_path is not None:
-        with stage("write"):
-            written = write_clip(out_path, frames, clip.fps, wave, clip.sample_rate, overwrite=overwrite, keep=keep)
-    return EditResult(video=frames, audio=wave, fps=clip.fps, sample_rate=clip.sample_rate, output=written,
-                      timings=meter.timings, memory=meter.memory, memory_kind=meter.memory_kind, seed=seed,
-                      steps=total)
+    return run.finish(frames, wave, clip.fps, clip.sample_rate, overwrite=overwrite, seed=seed, steps=total)
 
 
 __all__ = ["flowedit_edit", "check_description", "check_descriptions", "format_for_model"]
