@@ -109,6 +109,7 @@ class EditRun:
             check_apart(self.out_path, self.keep)
         self.progress: ProgressFn = progress or (lambda stage, done, total: None)
         self.should_cancel = should_cancel
+        self.bundle = bundle
         self.meter = StageMeter(bundle.device)
 
     @contextmanager
@@ -120,6 +121,23 @@ class EditRun:
             yield
         if name != "sample":
             self.progress(name, total, total)
+
+    @contextmanager
+    def sampling(self, total: int) -> Iterator[None]:
+        """The "sample" stage; a sampler's cancel becomes :class:`EditCancelled` (nothing written)."""
+        with self.stage("sample", total):
+            try:
+                yield
+            except SamplingCancelled as exc:
+                if isinstance(exc, EditCancelled):
+                    raise
+                raise EditCancelled("sample", exc.step, exc.total) from exc
+
+    def decode(self, video: torch.Tensor, audio: torch.Tensor, clip) -> tuple[torch.Tensor, torch.Tensor]:
+        """The "decode" stage: latents to the clip's frames and samples, cut to its real length."""
+        with self.stage("decode"):
+            frames, wave = decode_latents(self.bundle, video, audio, num_samples=clip.audio.shape[-1])
+        return frames[0, :, : clip.valid_frames], wave[0, : clip.valid_samples]
 
     def finish(self, frames: torch.Tensor, wave: torch.Tensor, fps: Fraction, sample_rate: int, *,
                overwrite: bool, seed: int, steps: int) -> EditResult:
@@ -215,21 +233,13 @@ def edit(
         src_video, src_audio = encode_source(bundle, clip)
         preserve = clip_preserve_mask(bundle, clip, src_video, src_audio, mask=mask, audio_ranges=audio_ranges,
                                       feather=feather)
-    with stage("sample", schedule.num_steps):
-        try:
-            video, audio = sample(
-                bundle.model, text.conditioning(src_video, src_audio), steps=steps, shift=shift, solver=solver, seed=seed, guidance=guidance, denoise=denoise,
-                batch_guidance=batch_guidance, callback=lambda i, n, *_: progress("sample", i, n),
-                should_cancel=should_cancel, preserve=preserve,
-            )
-        except SamplingCancelled as exc:
-            if isinstance(exc, EditCancelled):
-                raise
-            raise EditCancelled("sample", exc.step, exc.total) from exc
-    with stage("decode"):
-        frames, wave = decode_latents(bundle, video, audio, num_samples=clip.audio.shape[-1])
-        frames = frames[0, :, : clip.valid_frames]
-        wave = wave[0, : clip.valid_samples]
+    with run.sampling(schedule.num_steps):
+        video, audio = sample(
+            bundle.model, text.conditioning(src_video, src_audio), steps=steps, shift=shift, solver=solver,
+            seed=seed, guidance=guidance, denoise=denoise, batch_guidance=batch_guidance,
+            callback=lambda i, n, *_: progress("sample", i, n), should_cancel=should_cancel, preserve=preserve,
+        )
+    frames, wave = run.decode(video, audio, clip)
     return run.finish(frames, wave, clip.fps, clip.sample_rate, overwrite=overwrite, seed=seed,
                       steps=schedule.num_steps)
 

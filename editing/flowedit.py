@@ -17,14 +17,13 @@ from collections.abc import Callable
 
 import torch
 
-from ..samplers import SamplingCancelled
 from ..samplers.flowedit import EDIT_CHOICES, FlowEditSettings, flowedit
 from ..samplers.masks import DEFAULT_FEATHER, TimeRanges
 from ..samplers.schedules import flow_schedule
 from .bundle import EditorBundle, PathLike
-from .edit import EditCancelled, EditResult, EditRun, ProgressFn
+from .edit import EditResult, EditRun, ProgressFn
 from .masking import check_mask_input, clip_preserve_mask
-from .stages import Source, decode_latents, encode_instructions, encode_source, prepare_source
+from .stages import Source, encode_instructions, encode_source, prepare_source
 
 logger = logging.getLogger(__name__)
 
@@ -127,23 +126,15 @@ def flowedit_edit(
         src_video, src_audio = encode_source(bundle, clip)
         preserve = clip_preserve_mask(bundle, clip, src_video, src_audio, mask=mask, audio_ranges=audio_ranges,
                                       feather=feather)
-    with stage("sample", total):
-        try:
-            video, audio = flowedit(
-                bundle.model, video_source=src_video, audio_source=src_audio, source_context=src_ctx,
-                target_context=target.context, video_negative=target.video_negative,
-                audio_negative=target.audio_negative, edit=edit_modality, steps=steps, shift=shift, seed=seed,
-                settings=settings, preserve=preserve, batch_guidance=batch_guidance,
-                callback=lambda i, n, *_: progress("sample", i, n), should_cancel=should_cancel,
-            )
-        except SamplingCancelled as exc:
-            if isinstance(exc, EditCancelled):
-                raise
-            raise EditCancelled("sample", exc.step, exc.total) from exc
-    with stage("decode"):
-        frames, wave = decode_latents(bundle, video, audio, num_samples=clip.audio.shape[-1])
-        frames = frames[0, :, : clip.valid_frames]
-        wave = wave[0, : clip.valid_samples]
+    with run.sampling(total):
+        video, audio = flowedit(
+            bundle.model, video_source=src_video, audio_source=src_audio, source_context=src_ctx,
+            target_context=target.context, video_negative=target.video_negative,
+            audio_negative=target.audio_negative, edit=edit_modality, steps=steps, shift=shift, seed=seed,
+            settings=settings, preserve=preserve, batch_guidance=batch_guidance,
+            callback=lambda i, n, *_: progress("sample", i, n), should_cancel=should_cancel,
+        )
+    frames, wave = run.decode(video, audio, clip)
     return run.finish(frames, wave, clip.fps, clip.sample_rate, overwrite=overwrite, seed=seed, steps=total)
 
 
