@@ -94,10 +94,7 @@ CHILD = r"""
 import json, sys, time
 import torch
 sys.path.insert(0, sys.argv[1])
-def peak():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
+from instructav2av.runtime.meter import image_peak_rss as peak
 path, how = sys.argv[2], sys.argv[3]
 t0 = time.perf_counter()
 if how == "stream":

@@ -38,11 +38,7 @@ import torch
 sys.path.insert(0, sys.argv[1])
 from instructav2av.models.configs import get_preset, with_overrides
 from instructav2av.models.dit import AVEditorDiT
-def peak_rss():
-    # VmHWM: this process image's peak RSS (ru_maxrss survives exec and would report the parent's)
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
+from instructav2av.runtime.meter import image_peak_rss as peak_rss  # VmHWM: this child's own peak
 spec = json.loads(sys.argv[2])
 if spec.get("baseline"):
     print(json.dumps({"rss": peak_rss()}))

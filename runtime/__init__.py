@@ -1,5 +1,5 @@
 """Run-time resources: where memory planning, weight offload (block swap) and stage timing live.
 
-Empty for now on purpose: it is the home the memory layer (planner, offload, meters) grows into,
-below the samplers and the edit pipeline and above the model code.
+memory.py (the planner), offload.py (block swap and streaming from the file), meter.py (stage timing,
+peak memory), threads.py (CPU threads): below the samplers and the edit pipeline, above the model code.
 """

@@ -32,6 +32,20 @@ def peak_rss() -> int | None:
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB elsewhere
 
 
+def image_peak_rss() -> int | None:
+    """This process image's peak resident memory in bytes (Linux ``VmHWM``). Unlike ``ru_maxrss``, which
+    survives ``exec`` and can report the parent's peak, it starts afresh in a child: what the bench
+    scripts measure. Falls back to :func:`peak_rss` where ``/proc`` is absent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return peak_rss()
+
+
 class StageMeter:
     """Seconds per stage, and peak memory: CUDA allocations per stage, or the process's peak RSS so far."""
 

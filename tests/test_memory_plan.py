@@ -131,3 +131,12 @@ def test_plan_command(capsys):
     assert main(["plan", "--preset", "small", "--train", "--budget", "0.5GB"]) == 1  # below the CUDA allowance
     out = capsys.readouterr().out
     assert out.startswith("nothing fits 0.50 GB: the closest setting needs") and "GB over" in out
+
+
+def test_image_peak_rss_covers_what_this_process_holds():
+    from instructav2av.runtime.meter import image_peak_rss
+
+    held = bytearray(64 * 2**20)  # touched: resident
+    held[:: 4096] = b"x" * len(held[:: 4096])
+    now = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+    assert image_peak_rss() >= now >= len(held)
